@@ -1,0 +1,69 @@
+//! The state one running appliance shares between its tasks: who it is,
+//! whom it trusts, its links, and the settings a SIGHUP can change.
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::link::{LinkRegistry, RefusalLog};
+use crate::tls::{Identity, PinStore};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The settings that apply without a restart (see docs/config.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub heartbeat_interval: Duration,
+    pub peer_timeout: Duration,
+    pub connect_retry_max: Duration,
+    pub drain_timeout: Duration,
+    pub cache_volume: PathBuf,
+    pub retention_volume: PathBuf,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        let millis = |value: u64| Duration::from_millis(value);
+        Settings {
+            heartbeat_interval: millis(u64::from(config.replication.heartbeat_interval_ms)),
+            peer_timeout: millis(u64::from(config.replication.peer_timeout_ms)),
+            connect_retry_max: millis(u64::from(config.replication.connect_retry_ms_max)),
+            drain_timeout: millis(u64::from(config.shutdown.drain_timeout_ms)),
+            cache_volume: config.volumes.cache.clone(),
+            retention_volume: config.volumes.retention.clone(),
+        }
+    }
+}
+
+pub struct Appliance {
+    pub id: Uuid,
+    pub name: String,
+    pub identity: Identity,
+    pub catalog: Arc<Catalog>,
+    pub pins: Arc<PinStore>,
+    pub links: LinkRegistry,
+    pub refusals: RefusalLog,
+    pub listen_address: SocketAddr,
+    pub max_frame_bytes: u32,
+    pub started: Instant,
+    pub started_unix_s: u64,
+    /// Live settings; tasks read the current value each time they need it.
+    pub settings: watch::Sender<Settings>,
+    /// Bumped whenever the pinned set changes, so dialers follow it.
+    pub pins_version: watch::Sender<u64>,
+}
+
+impl Appliance {
+    pub fn settings(&self) -> Settings {
+        self.settings.borrow().clone()
+    }
+
+    /// Re-reads the pinned peers from the catalog into the handshake view.
+    pub fn refresh_pins(&self) -> Result<(), crate::catalog::CatalogError> {
+        self.pins.replace_all(self.catalog.peers()?);
+        self.pins_version.send_modify(|version| *version += 1);
+        Ok(())
+    }
+}

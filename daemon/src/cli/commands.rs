@@ -1,0 +1,147 @@
+use super::print;
+use super::{
+    Cli, Command, ConfigCommand, GlobalOptions, PairCommand, DEFAULT_CONFIG, DEFAULT_SOCKET,
+};
+use crate::config::{self, Config, ConfigError};
+use crate::control::{self, Request};
+use crate::status::Status;
+use crate::tls::{Fingerprint, PeerKind};
+use anyhow::{anyhow, Context};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve => {
+            let path = cli.global.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
+            crate::serve::run(&path)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file, json }) => Ok(config_check(&file, json)),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::EXAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let value = call(&cli.global, Request::Status)?;
+            let status: Status =
+                serde_json::from_value(value.clone()).context("reading the status")?;
+            emit(json, &value, || print::status(&status))
+        }
+        Command::Pair(command) => pair(&cli.global, command),
+    }
+}
+
+fn pair(global: &GlobalOptions, command: PairCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PairCommand::Show { json } => {
+            let value = call(global, Request::PairShow)?;
+            let info: control::PairInfo = serde_json::from_value(value.clone())?;
+            emit(json, &value, || print::pair_info(&info))
+        }
+        PairCommand::Add {
+            name,
+            address,
+            fingerprint,
+            tap,
+            json,
+        } => {
+            let fingerprint: Fingerprint = fingerprint.parse()?;
+            let kind = if tap {
+                PeerKind::Tap
+            } else {
+                PeerKind::Appliance
+            };
+            let request = Request::PairAdd {
+                name,
+                kind,
+                address,
+                fingerprint,
+            };
+            let value = call(global, request)?;
+            emit(json, &value, || print::paired(&value))
+        }
+        PairCommand::Remove { name, json } => {
+            let value = call(global, Request::PairRemove { name: name.clone() })?;
+            emit(json, &value, || println!("unpaired {name}"))
+        }
+        PairCommand::List { json } => {
+            let value = call(global, Request::Status)?;
+            let status: Status = serde_json::from_value(value)?;
+            let peers = serde_json::to_value(&status.peers)?;
+            emit(json, &peers, || print::peers(&status.peers))
+        }
+    }
+}
+
+fn emit(json: bool, value: &serde_json::Value, human: impl FnOnce()) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        human();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The socket to use: --socket, else the config's, else the default.
+fn socket_path(global: &GlobalOptions) -> anyhow::Result<PathBuf> {
+    if let Some(socket) = &global.socket {
+        return Ok(socket.clone());
+    }
+    let explicit = global.config.is_some();
+    let path = global
+        .config
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CONFIG.into());
+    match Config::load(&path) {
+        Ok(config) => Ok(config.control.socket),
+        Err(ConfigError::Io { .. }) if !explicit => Ok(DEFAULT_SOCKET.into()),
+        Err(error) => Err(anyhow!(error)),
+    }
+}
+
+fn call(global: &GlobalOptions, request: Request) -> anyhow::Result<serde_json::Value> {
+    let socket = socket_path(global)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(control::request(&socket, request))?)
+}
+
+fn config_check(file: &std::path::Path, json: bool) -> ExitCode {
+    let result = Config::load(file);
+    if json {
+        let problems: Vec<serde_json::Value> = match &result {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { problems, .. }) => problems
+                .iter()
+                .map(|problem| {
+                    serde_json::json!({
+                        "line": problem.line, "column": problem.column,
+                        "field": problem.field, "message": problem.message,
+                    })
+                })
+                .collect(),
+            Err(error) => vec![serde_json::json!({ "message": error.to_string() })],
+        };
+        let report = serde_json::json!({
+            "file": file.display().to_string(),
+            "valid": result.is_ok(),
+            "problems": problems,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        match &result {
+            Ok(_) => println!("{}: valid", file.display()),
+            Err(error) => eprintln!("{error}"),
+        }
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

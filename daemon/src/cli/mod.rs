@@ -1,0 +1,124 @@
+//! The `drgw` command line. Operator commands talk to the daemon over the
+//! control socket; `serve` is the daemon; `config` works on files alone.
+//! Exit codes: 0 success, 1 failure, 2 usage.
+
+mod commands;
+mod print;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub const DEFAULT_CONFIG: &str = "/etc/drgw/drgw.toml";
+pub const DEFAULT_SOCKET: &str = "/run/drgw/control.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drgw",
+    version,
+    about = "drgw: disaster-recovery gateway. Near-continuous block replication to a paired \
+             appliance, and recovery at any point in time.",
+    after_help = "Docs: docs/ in the source tree (ARCHITECTURE.md, config.md, wire-protocol.md, control-api.md)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalOptions {
+    /// Config file (the daemon's; operator commands read control.socket from it)
+    #[arg(long, global = true, env = "DRGW_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Control socket of the daemon to talk to (overrides the config's)
+    #[arg(long, global = true, env = "DRGW_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance daemon (replication listener, links, control API)
+    Serve,
+    /// Check or print configuration files
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Show the appliance: identity, peers and their links, volumes, disks
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pair with other appliances and taps by certificate fingerprint
+    #[command(subcommand)]
+    Pair(PairCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file: every problem with its line; exit 1 if any
+    Check {
+        /// The file to check
+        file: PathBuf,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a fully commented example config (all defaults)
+    Example,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PairCommand {
+    /// Print this appliance's fingerprint and pairing code, for the other side
+    Show {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin a peer's certificate: it may then connect, and we dial it if it is an appliance
+    Add {
+        /// A name for the peer (1-63 of A-Z a-z 0-9 . _ -)
+        #[arg(long)]
+        name: String,
+        /// HOST:PORT of the peer appliance's replication listener (not for taps)
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+        /// The peer's SHA-256 fingerprint, as its `drgw pair show` prints it
+        #[arg(long, value_name = "FP")]
+        fingerprint: String,
+        /// The peer is a tap (it connects to us; no address)
+        #[arg(long)]
+        tap: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unpin a peer and close its link
+    Remove {
+        /// The peer's name
+        name: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// List pinned peers and their link state
+    List {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("drgw: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

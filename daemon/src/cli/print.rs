@@ -1,0 +1,200 @@
+//! Human-readable output. `--json` prints the daemon's answer as is.
+
+use crate::clock;
+use crate::control::PairInfo;
+use crate::status::{PeerStatus, Status, VolumeStatus};
+
+pub fn status(status: &Status) {
+    println!(
+        "drgw {}  {}  (appliance {})",
+        status.version, status.name, status.appliance_id
+    );
+    println!(
+        "up {}, replication listener {}",
+        duration(status.uptime_s),
+        status.listen_address
+    );
+    println!("fingerprint {}", status.fingerprint);
+    println!("pairing code {}", status.pairing_code);
+    println!();
+    println!("PEERS");
+    peers(&status.peers);
+    println!();
+    println!("VOLUMES");
+    volumes(&status.volumes);
+    println!();
+    println!("PROTECTED DISKS");
+    if status.protected_disks.is_empty() {
+        println!("  none");
+    }
+    for disk in &status.protected_disks {
+        println!("  {} (group {})", disk.name, disk.group);
+    }
+    if !status.refusals.is_empty() {
+        println!();
+        println!("REFUSED CONNECTIONS (most recent last)");
+        for refusal in &status.refusals {
+            let age = clock::unix_seconds().saturating_sub(refusal.at_unix_s);
+            println!(
+                "  {} ago  {}  {}",
+                duration(age),
+                refusal.remote_address,
+                refusal.reason
+            );
+        }
+    }
+}
+
+pub fn peers(peers: &[PeerStatus]) {
+    if peers.is_empty() {
+        println!("  none paired (see `drgw pair show` and `drgw pair add`)");
+        return;
+    }
+    let rows: Vec<[String; 7]> = peers.iter().map(peer_row).collect();
+    let header = [
+        "NAME",
+        "KIND",
+        "STATE",
+        "SINCE",
+        "ADDRESS",
+        "RTT",
+        "LAST ERROR",
+    ]
+    .map(String::from);
+    table(&header, &rows);
+}
+
+fn peer_row(peer: &PeerStatus) -> [String; 7] {
+    let link = &peer.link;
+    let state = serde_json::to_value(link.state)
+        .ok()
+        .and_then(|value| value.as_str().map(String::from))
+        .unwrap_or_default();
+    let since = clock::unix_seconds().saturating_sub(link.since_unix_s);
+    let address = link
+        .remote_address
+        .clone()
+        .or_else(|| peer.address.clone())
+        .unwrap_or_else(|| "-".into());
+    let round_trip = link
+        .round_trip_us
+        .map(|micros| format!("{:.1} ms", micros as f64 / 1000.0))
+        .unwrap_or_else(|| "-".into());
+    [
+        peer.name.clone(),
+        peer.kind.as_str().into(),
+        state,
+        format!("{} ago", duration(since)),
+        address,
+        round_trip,
+        link.last_error.clone().unwrap_or_else(|| "-".into()),
+    ]
+}
+
+fn volumes(volumes: &[VolumeStatus]) {
+    let rows: Vec<[String; 5]> = volumes
+        .iter()
+        .map(|volume| {
+            let mount = volume
+                .mount_point
+                .as_ref()
+                .map(|path| path.display().to_string())
+                .unwrap_or_else(|| "-".into());
+            let free = volume
+                .available_bytes
+                .map(bytes)
+                .unwrap_or_else(|| "-".into());
+            let total = volume.total_bytes.map(bytes).unwrap_or_else(|| "-".into());
+            let mut path = volume.path.display().to_string();
+            if let Some(problem) = &volume.problem {
+                path = format!("{path} ({problem})");
+            }
+            [volume.role.clone(), path, mount, free, total]
+        })
+        .collect();
+    table(
+        &["ROLE", "PATH", "ON", "FREE", "TOTAL"].map(String::from),
+        &rows,
+    );
+}
+
+fn table<const N: usize>(header: &[String; N], rows: &[[String; N]]) {
+    let mut widths = header.clone().map(|cell| cell.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        println!("  {}", cells.join("  ").trim_end());
+    }
+}
+
+pub fn pair_info(info: &PairInfo) {
+    println!("appliance     {} ({})", info.name, info.appliance_id);
+    println!("fingerprint   {}", info.fingerprint);
+    println!("pairing code  {}", info.pairing_code);
+    println!("listening on  {}", info.listen_address);
+    println!("certificate   {}", info.certificate_path);
+    println!();
+    println!("On the other appliance, run:");
+    println!(
+        "  drgw pair add --name {} --address <THIS-HOST>:{} --fingerprint {}",
+        info.name,
+        info.listen_address.rsplit(':').next().unwrap_or("9443"),
+        info.fingerprint
+    );
+}
+
+pub fn paired(value: &serde_json::Value) {
+    let name = value["name"].as_str().unwrap_or("?");
+    let kind = value["kind"].as_str().unwrap_or("?");
+    let fingerprint = value["fingerprint"].as_str().unwrap_or("?");
+    println!("paired {kind} {name} ({fingerprint})");
+    println!("check the link with `drgw pair list`");
+}
+
+pub fn duration(seconds: u64) -> String {
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        3600..=86399 => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{}d{:02}h", seconds / 86400, seconds % 86400 / 3600),
+    }
+}
+
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{count} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(80 << 30), "80.0 GiB");
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(303), "5m03s");
+        assert_eq!(duration(7260), "2h01m");
+        assert_eq!(duration(90000), "1d01h");
+    }
+}

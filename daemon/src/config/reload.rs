@@ -1,0 +1,41 @@
+//! Which fields SIGHUP can apply to a running daemon, and which need a restart.
+//!
+//! Every field not listed in [`RESTART_FIELDS`] is reloadable. The appliance
+//! name is listed although the schema brief left it open: it is the identity
+//! the paired appliance and the certificate know us by, so it changes with a
+//! restart, never under live sessions.
+
+use super::Config;
+
+type Changed = fn(&Config, &Config) -> bool;
+
+/// Dotted names of the fields a running daemon cannot change, each with how
+/// to tell that it changed.
+pub(super) const RESTART_FIELDS: &[(&str, Changed)] = &[
+    ("appliance.name", |old, new| {
+        old.appliance.name != new.appliance.name
+    }),
+    ("appliance.state_dir", |old, new| {
+        old.appliance.state_dir != new.appliance.state_dir
+    }),
+    ("replication.address", |old, new| {
+        old.replication.address != new.replication.address
+    }),
+    ("replication.port", |old, new| {
+        old.replication.port != new.replication.port
+    }),
+    ("replication.max_frame_bytes", |old, new| {
+        old.replication.max_frame_bytes != new.replication.max_frame_bytes
+    }),
+    ("control.socket", |old, new| {
+        old.control.socket != new.control.socket
+    }),
+];
+
+pub(super) fn changes_needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    RESTART_FIELDS
+        .iter()
+        .filter(|(_, changed)| changed(old, new))
+        .map(|(name, _)| *name)
+        .collect()
+}

@@ -1,0 +1,140 @@
+use super::protocol::{PairInfo, Request};
+use crate::appliance::Appliance;
+use crate::clock;
+use crate::status;
+use crate::tls::{Fingerprint, PeerKind, PinnedPeer};
+use std::sync::Arc;
+
+/// Runs one request. Catalog work is blocking I/O: it runs off the runtime.
+pub async fn handle(
+    request: Request,
+    appliance: &Arc<Appliance>,
+) -> Result<serde_json::Value, String> {
+    let appliance = appliance.clone();
+    let outcome = tokio::task::spawn_blocking(move || match request {
+        Request::Status => to_value(status::collect(&appliance)),
+        Request::PairShow => to_value(pair_info(&appliance)),
+        Request::PairAdd {
+            name,
+            kind,
+            address,
+            fingerprint,
+        } => pair_add(&appliance, name, kind, address, fingerprint).map(to_value)?,
+        Request::PairRemove { name } => pair_remove(&appliance, &name).map(to_value)?,
+    })
+    .await;
+    outcome.map_err(|error| format!("request handler failed: {error}"))?
+}
+
+fn to_value<T: serde::Serialize>(value: T) -> Result<serde_json::Value, String> {
+    serde_json::to_value(value).map_err(|error| format!("cannot encode the response: {error}"))
+}
+
+fn pair_info(appliance: &Appliance) -> PairInfo {
+    let fingerprint = appliance.identity.fingerprint();
+    PairInfo {
+        name: appliance.name.clone(),
+        appliance_id: appliance.id.to_string(),
+        fingerprint,
+        pairing_code: fingerprint.pairing_code(),
+        certificate_path: appliance.identity.certificate_path().display().to_string(),
+        listen_address: appliance.listen_address.to_string(),
+    }
+}
+
+fn pair_add(
+    appliance: &Appliance,
+    name: String,
+    kind: PeerKind,
+    address: Option<String>,
+    fingerprint: Fingerprint,
+) -> Result<PinnedPeer, String> {
+    validate_name(&name)?;
+    match (kind, &address) {
+        (PeerKind::Appliance, None) => {
+            return Err("an appliance peer needs --address HOST:PORT (its 9443 listener)".into())
+        }
+        (PeerKind::Tap, Some(_)) => {
+            return Err("a tap connects to us; it takes no --address".into())
+        }
+        (_, Some(address)) => validate_address(address)?,
+        (PeerKind::Tap, None) => {}
+    }
+    if fingerprint == appliance.identity.fingerprint() {
+        return Err(
+            "that is this appliance's own fingerprint; use the other side's `drgw pair show`"
+                .into(),
+        );
+    }
+    let peer = PinnedPeer {
+        name,
+        kind,
+        address,
+        fingerprint,
+        added_unix_s: clock::unix_seconds(),
+    };
+    appliance
+        .catalog
+        .add_peer(&peer)
+        .map_err(|error| error.to_string())?;
+    appliance
+        .refresh_pins()
+        .map_err(|error| error.to_string())?;
+    tracing::info!(peer = %peer.name, kind = peer.kind.as_str(), fingerprint = %peer.fingerprint, "peer paired");
+    Ok(peer)
+}
+
+fn pair_remove(appliance: &Appliance, name: &str) -> Result<PinnedPeer, String> {
+    let removed = appliance
+        .catalog
+        .remove_peer(name)
+        .map_err(|error| error.to_string())?;
+    appliance
+        .refresh_pins()
+        .map_err(|error| error.to_string())?;
+    appliance.links.forget(name);
+    tracing::info!(peer = %name, "peer unpaired");
+    Ok(removed)
+}
+
+/// Peer names appear in logs, status and commands: keep them simple.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 63 || !name.chars().all(allowed) {
+        return Err(format!(
+            "peer name {name:?} must be 1 to 63 characters of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    Ok(())
+}
+
+/// `HOST:PORT` or `[IPV6]:PORT`, with a port in 1..=65535.
+pub fn validate_address(address: &str) -> Result<(), String> {
+    let problem = || format!("address {address:?} must be HOST:PORT, e.g. 192.0.2.10:9443");
+    let (host, port) = address.rsplit_once(':').ok_or_else(problem)?;
+    let port: u16 = port.parse().map_err(|_| problem())?;
+    if host.is_empty() || port == 0 {
+        return Err(problem());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses() {
+        assert!(validate_name("site-b.example_1").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("has space").is_err());
+        assert!(validate_name(&"x".repeat(64)).is_err());
+        assert!(validate_address("127.0.0.1:9443").is_ok());
+        assert!(validate_address("[::1]:9443").is_ok());
+        assert!(validate_address("dr.example:9443").is_ok());
+        assert!(validate_address("127.0.0.1").is_err());
+        assert!(validate_address("127.0.0.1:0").is_err());
+        assert!(validate_address("127.0.0.1:70000").is_err());
+        assert!(validate_address(":9443").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! The control API: newline-delimited JSON over the Unix socket
+//! (`/run/drgw/control.sock` by default), one request and one response per
+//! connection. Root-only: the socket is mode 0600 and the server checks the
+//! caller's credentials. Documented in docs/control-api.md.
+
+mod client;
+mod handlers;
+mod protocol;
+mod server;
+
+pub use client::{request, ClientError};
+pub use protocol::{PairInfo, Request, Response, PROTOCOL_VERSION, REQUEST_BYTES_MAX};
+pub use server::{bind, run_control, ControlError};

@@ -1,0 +1,51 @@
+use crate::tls::{Fingerprint, PeerKind};
+
+/// Version of the control protocol; a request with another is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line accepted.
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+
+/// One request. On the wire: `{"version":1,"command":"pair-add",...}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    PairShow,
+    PairAdd {
+        name: String,
+        kind: PeerKind,
+        address: Option<String>,
+        fingerprint: Fingerprint,
+    },
+    PairRemove {
+        name: String,
+    },
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// One response: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What `drgw pair show` prints: what the other site's operator needs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PairInfo {
+    pub name: String,
+    pub appliance_id: String,
+    pub fingerprint: Fingerprint,
+    pub pairing_code: String,
+    pub certificate_path: String,
+    pub listen_address: String,
+}

@@ -1,0 +1,17 @@
+//! drgw: the disaster-recovery gateway library behind the `drgw` binary.
+//!
+//! Modules follow the data path; see docs/ARCHITECTURE.md.
+
+pub mod appliance;
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod fsutil;
+pub mod link;
+pub mod logging;
+pub mod serve;
+pub mod status;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,183 @@
+//! Keeps one outbound link to each paired appliance this side dials, with
+//! capped exponential backoff, following pair add/remove as they happen.
+
+use super::registry::{Direction, LinkState};
+use super::session::{self, SessionContext};
+use crate::appliance::Appliance;
+use crate::tls::{self, Fingerprint, PeerKind, PinnedPeer};
+use rustls::pki_types::ServerName;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+
+/// Whether this side dials `peer` (see the module doc of `link`).
+pub fn dials(own: Fingerprint, peer: &PinnedPeer) -> bool {
+    peer.kind == PeerKind::Appliance && peer.address.is_some() && own < peer.fingerprint
+}
+
+/// Reconciles the set of dialers with the pinned peers until `cancel`.
+pub async fn run_dialers(
+    appliance: Arc<Appliance>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let mut pins_version = appliance.pins_version.subscribe();
+    let mut running: HashMap<String, (PinnedPeer, CancellationToken)> = HashMap::new();
+    loop {
+        let own = appliance.identity.fingerprint();
+        let pinned = appliance.pins.all();
+        running.retain(|name, (peer, token)| {
+            let keep = pinned
+                .iter()
+                .any(|current| current == peer && dials(own, current));
+            if !keep {
+                tracing::debug!(peer = %name, "dialer stopped");
+                token.cancel();
+            }
+            keep
+        });
+        for peer in pinned {
+            if !dials(own, &peer) {
+                if appliance.links.status(&peer.name).is_none() {
+                    appliance
+                        .links
+                        .set_state(&peer.name, LinkState::Waiting, None);
+                }
+                continue;
+            }
+            if running.contains_key(&peer.name) {
+                continue;
+            }
+            let token = cancel.child_token();
+            tracker.spawn(dial_loop(appliance.clone(), peer.clone(), token.clone()));
+            running.insert(peer.name.clone(), (peer, token));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = pins_version.changed() => if changed.is_err() { break },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("peer address {address} is not HOST:PORT")]
+    Address { address: String },
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {address} timed out")]
+    Timeout { address: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+async fn dial_loop(appliance: Arc<Appliance>, peer: PinnedPeer, cancel: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    let mut last_error = String::new();
+    loop {
+        appliance
+            .links
+            .set_state(&peer.name, LinkState::Connecting, None);
+        match connect(&appliance, &peer).await {
+            Ok((stream, remote)) => {
+                backoff = BACKOFF_MIN;
+                last_error.clear();
+                let context = SessionContext {
+                    appliance: appliance.clone(),
+                    peer: peer.clone(),
+                    direction: Direction::Outbound,
+                    remote_address: remote,
+                    cancel: cancel.child_token(),
+                };
+                if let Err(error) = session::run(stream, context).await {
+                    // In TLS 1.3 the server judges our certificate after our
+                    // side of the handshake is done: its refusal arrives as
+                    // an alert on the first read.
+                    let (state, text) = classify(&error);
+                    if text != last_error {
+                        tracing::warn!(peer = %peer.name, reason = %text, "link to peer failed");
+                        last_error = text.clone();
+                    }
+                    appliance.links.set_state(&peer.name, state, Some(text));
+                }
+            }
+            Err(error) => {
+                let text = error.to_string();
+                let state = match error {
+                    DialError::Refused(_) => LinkState::Refused,
+                    _ => LinkState::Disconnected,
+                };
+                if text != last_error {
+                    tracing::warn!(peer = %peer.name, reason = %text, "cannot link to peer; retrying");
+                    last_error = text.clone();
+                }
+                appliance.links.set_state(&peer.name, state, Some(text));
+            }
+        }
+        let ceiling = appliance.settings().connect_retry_max.max(BACKOFF_MIN);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(jitter(backoff)) => {}
+        }
+        backoff = (backoff * 2).min(ceiling);
+    }
+}
+
+fn classify(error: &session::SessionError) -> (LinkState, String) {
+    use crate::wire::ReadError;
+    if let session::SessionError::Read(ReadError::Io(io)) = error {
+        let is_tls = io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if is_tls {
+            return (LinkState::Refused, tls::describe_handshake_error(io));
+        }
+    }
+    (LinkState::Disconnected, error.to_string())
+}
+
+/// Spreads retries by up to a quarter of the delay, so many appliances
+/// restarted together do not knock in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    let spread = delay.as_millis() as u64 / 4;
+    let noise = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * spread / 255;
+    delay + Duration::from_millis(noise)
+}
+
+async fn connect(
+    appliance: &Appliance,
+    peer: &PinnedPeer,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, String), DialError> {
+    let address = peer.address.clone().unwrap_or_default();
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(source)) if source.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(DialError::Address { address })
+        }
+        Ok(Err(source)) => return Err(DialError::Connect { address, source }),
+        Err(_) => return Err(DialError::Timeout { address }),
+    };
+    let _ = tcp.set_nodelay(true);
+    let remote = tcp.peer_addr().map(|a| a.to_string()).unwrap_or(address);
+    let config = tls::client_config(&appliance.identity, peer.fingerprint)
+        .map_err(|error| DialError::Refused(error.to_string()))?;
+    let server_name = ServerName::try_from(tls::SERVER_NAME).expect("a valid DNS name");
+    let connector = TlsConnector::from(config);
+    let handshake =
+        tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp)).await;
+    match handshake {
+        Ok(Ok(stream)) => Ok((stream, remote)),
+        Ok(Err(error)) => Err(DialError::Refused(tls::describe_handshake_error(&error))),
+        Err(_) => Err(DialError::Timeout { address: remote }),
+    }
+}

@@ -1,0 +1,281 @@
+//! One authenticated connection to a pinned peer: HELLO, then heartbeats in
+//! both directions until either side leaves, times out, or misbehaves.
+//!
+//! The reader runs in its own task (reading a frame is not cancel-safe) and
+//! hands frames over a small bounded channel; the session loop owns the
+//! writer, so every frame it sends is whole.
+
+use super::hello;
+use super::registry::{Direction, SessionInfo};
+use crate::appliance::Appliance;
+use crate::clock;
+use crate::tls::PinnedPeer;
+use crate::wire::{self, ErrorCode, ErrorFrame, Frame, Heartbeat, ReadError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long the HELLO exchange may take once TLS is up.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames read ahead of the session loop.
+const INBOX_FRAMES_MAX: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Read(#[from] ReadError),
+    #[error("sending a frame: {0}")]
+    Write(#[from] wire::WriteError),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("no HELLO within {} s", HELLO_TIMEOUT.as_secs())]
+    HelloTimeout,
+    #[error("expected HELLO, got {0}")]
+    NotHello(wire::FrameKind),
+    #[error(
+        "no common protocol version: peer speaks {min}..={max}, we speak {}..={}",
+        wire::PROTOCOL_VERSION_MIN,
+        wire::PROTOCOL_VERSION_MAX
+    )]
+    NoCommonVersion { min: u16, max: u16 },
+    #[error("peer answered HELLO with version {0}, which we did not offer")]
+    BadAnswer(u16),
+    #[error("peer claims role {claimed:?} but is paired as a {pinned}")]
+    RoleMismatch {
+        claimed: wire::Role,
+        pinned: &'static str,
+    },
+    #[error("peer sent ERROR {code:?}: {message}")]
+    PeerError { code: ErrorCode, message: String },
+    #[error("peer silent for {silent_ms} ms (timeout {timeout_ms} ms)")]
+    Silent { silent_ms: u128, timeout_ms: u128 },
+    #[error("peer sent {0}, which this link does not accept")]
+    Unexpected(wire::FrameKind),
+}
+
+/// Who is on the other end and how we got there.
+pub struct SessionContext {
+    pub appliance: Arc<Appliance>,
+    pub peer: PinnedPeer,
+    pub direction: Direction,
+    pub remote_address: String,
+    /// Cancelled at shutdown, when the peer is unpaired, or when a newer
+    /// session for the same peer replaces this one.
+    pub cancel: CancellationToken,
+}
+
+/// Runs a session to its end. `Ok` means an orderly end (shutdown, replaced,
+/// unpaired); `Err` says why the link broke.
+pub async fn run<S>(stream: S, context: SessionContext) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (reader, mut writer) = tokio::io::split(stream);
+    let max_frame_bytes = context.appliance.max_frame_bytes;
+    let (inbox_sender, mut inbox) = mpsc::channel(INBOX_FRAMES_MAX);
+    let reader_task = tokio::spawn(read_loop(reader, max_frame_bytes, inbox_sender));
+    let result = async {
+        let version = exchange_hello(&mut writer, &mut inbox, &context).await?;
+        let info = SessionInfo {
+            direction: context.direction,
+            remote_address: context.remote_address.clone(),
+            remote_appliance_id: version.1,
+            remote_name: version.2,
+            protocol_version: version.0,
+        };
+        heartbeat_loop(&mut writer, &mut inbox, &context, info).await
+    }
+    .await;
+    reader_task.abort();
+    finish(&mut writer, &result).await;
+    result
+}
+
+/// Tells the peer why we are leaving, when the connection can still carry
+/// it, then closes TLS cleanly.
+async fn finish<S: AsyncWrite>(writer: &mut WriteHalf<S>, result: &Result<(), SessionError>) {
+    let reply = match result {
+        Ok(()) => Some((
+            ErrorCode::ShuttingDown,
+            "link closed by this side".to_string(),
+        )),
+        Err(SessionError::Read(error)) => error.error_code().map(|code| (code, error.to_string())),
+        Err(SessionError::NoCommonVersion { .. }) => {
+            Some((ErrorCode::UnsupportedVersion, result_text(result)))
+        }
+        Err(SessionError::Unexpected(_)) | Err(SessionError::NotHello(_)) => {
+            Some((ErrorCode::UnexpectedFrame, result_text(result)))
+        }
+        Err(SessionError::RoleMismatch { .. }) => Some((ErrorCode::NotPaired, result_text(result))),
+        Err(_) => None,
+    };
+    if let Some((code, message)) = reply {
+        let frame = Frame::Error(ErrorFrame {
+            code,
+            message: truncate(message, wire::ERROR_MESSAGE_BYTES_MAX),
+        });
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), wire::write_frame(writer, &frame)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer.shutdown()).await;
+}
+
+fn result_text(result: &Result<(), SessionError>) -> String {
+    match result {
+        Ok(()) => String::new(),
+        Err(error) => error.to_string(),
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+async fn read_loop<S: AsyncRead>(
+    mut reader: ReadHalf<S>,
+    max_frame_bytes: u32,
+    inbox: mpsc::Sender<Result<Frame, SessionError>>,
+) {
+    loop {
+        let item = match wire::read_frame(&mut reader, max_frame_bytes).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(SessionError::Closed),
+            Err(error) => Err(SessionError::Read(error)),
+        };
+        let stop = item.is_err();
+        if inbox.send(item).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+type Inbox = mpsc::Receiver<Result<Frame, SessionError>>;
+
+async fn next_frame(inbox: &mut Inbox) -> Result<Frame, SessionError> {
+    match inbox.recv().await {
+        Some(Ok(Frame::Error(error))) => Err(SessionError::PeerError {
+            code: error.code,
+            message: error.message,
+        }),
+        Some(item) => item,
+        None => Err(SessionError::Closed),
+    }
+}
+
+/// Dialer sends its range first; the listener answers with the chosen
+/// version. Returns (version, remote appliance id, remote name).
+async fn exchange_hello<S: AsyncWrite>(
+    writer: &mut WriteHalf<S>,
+    inbox: &mut Inbox,
+    context: &SessionContext,
+) -> Result<(u16, String, String), SessionError> {
+    let appliance = &context.appliance;
+    if context.direction == Direction::Outbound {
+        wire::write_frame(writer, &Frame::Hello(hello::offer(appliance))).await?;
+    }
+    let received = tokio::time::timeout(HELLO_TIMEOUT, next_frame(inbox))
+        .await
+        .map_err(|_| SessionError::HelloTimeout)??;
+    let Frame::Hello(theirs) = received else {
+        return Err(SessionError::NotHello(received.kind()));
+    };
+    if !hello::role_matches(context.peer.kind, theirs.role) {
+        return Err(SessionError::RoleMismatch {
+            claimed: theirs.role,
+            pinned: context.peer.kind.as_str(),
+        });
+    }
+    let version = match context.direction {
+        Direction::Inbound => {
+            let version = hello::negotiate(&theirs).ok_or(SessionError::NoCommonVersion {
+                min: theirs.version_min,
+                max: theirs.version_max,
+            })?;
+            wire::write_frame(writer, &Frame::Hello(hello::answer(appliance, version))).await?;
+            version
+        }
+        Direction::Outbound => {
+            let version = theirs.version_min;
+            let offered = wire::PROTOCOL_VERSION_MIN..=wire::PROTOCOL_VERSION_MAX;
+            if theirs.version_max != version || !offered.contains(&version) {
+                return Err(SessionError::BadAnswer(version));
+            }
+            version
+        }
+    };
+    let remote_id = uuid::Uuid::from_bytes(theirs.appliance_id).to_string();
+    Ok((version, remote_id, theirs.name))
+}
+
+async fn heartbeat_loop<S: AsyncWrite>(
+    writer: &mut WriteHalf<S>,
+    inbox: &mut Inbox,
+    context: &SessionContext,
+    info: SessionInfo,
+) -> Result<(), SessionError> {
+    let appliance = &context.appliance;
+    let name = &context.peer.name;
+    tracing::info!(peer = %name, direction = ?info.direction, remote = %info.remote_address,
+        remote_name = %info.remote_name, version = info.protocol_version, "link up");
+    let number = appliance
+        .links
+        .session_started(name, info, context.cancel.clone());
+    let mut settings = appliance.settings.subscribe();
+    let mut interval = tokio::time::interval(settings.borrow().heartbeat_interval);
+    let mut last_seen = Instant::now();
+    // The peer's last heartbeat timestamp and when it arrived: echoed back
+    // advanced by the time we held it, so the peer measures the network
+    // round trip alone, not our heartbeat phase.
+    let mut echo: Option<(u64, Instant)> = None;
+    let result = loop {
+        let timeout = settings.borrow().peer_timeout;
+        tokio::select! {
+            _ = context.cancel.cancelled() => break Ok(()),
+            _ = settings.changed() => {
+                interval = tokio::time::interval(settings.borrow().heartbeat_interval);
+            }
+            _ = interval.tick() => {
+                if last_seen.elapsed() > timeout {
+                    break Err(SessionError::Silent {
+                        silent_ms: last_seen.elapsed().as_millis(),
+                        timeout_ms: timeout.as_millis(),
+                    });
+                }
+                let echo_unix_ns = echo.map_or(0, |(sent, held)| {
+                    sent.saturating_add(u64::try_from(held.elapsed().as_nanos()).unwrap_or(u64::MAX))
+                });
+                let beat = Heartbeat { sent_unix_ns: clock::unix_nanos(), echo_unix_ns };
+                if let Err(error) = wire::write_frame(writer, &Frame::Heartbeat(beat)).await {
+                    break Err(error.into());
+                }
+            }
+            frame = next_frame(inbox) => match frame {
+                Ok(Frame::Heartbeat(beat)) => {
+                    last_seen = Instant::now();
+                    echo = Some((beat.sent_unix_ns, last_seen));
+                    let round_trip_us = (beat.echo_unix_ns != 0)
+                        .then(|| clock::unix_nanos().saturating_sub(beat.echo_unix_ns) / 1000);
+                    appliance.links.heartbeat_received(name, round_trip_us);
+                }
+                Ok(other) => break Err(SessionError::Unexpected(other.kind())),
+                Err(error) => break Err(error),
+            },
+        }
+    };
+    let reason = result.as_ref().err().map(|error| error.to_string());
+    match &reason {
+        Some(reason) => tracing::warn!(peer = %name, %reason, "link down"),
+        None => tracing::info!(peer = %name, "link closed"),
+    }
+    appliance.links.session_ended(name, number, reason);
+    result
+}

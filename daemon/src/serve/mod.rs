@@ -1,0 +1,201 @@
+//! `drgw serve`: the daemon. Startup opens the state (lock, catalog,
+//! identity), binds the 9443 listener and the control socket, then runs
+//! until SIGTERM/SIGINT, when it stops accepting, closes links with an
+//! ERROR(ShuttingDown), lets in-flight requests finish (bounded by
+//! `shutdown.drain_timeout_ms`) and exits 0.
+
+mod notify;
+mod signals;
+mod state_lock;
+
+use crate::appliance::{Appliance, Settings};
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::{Config, ConfigError};
+use crate::control::{self, ControlError};
+use crate::logging::{self, LogControl};
+use crate::tls::{self, Identity, PinStore, TlsError};
+use crate::{clock, fsutil, link};
+use signals::SignalEvent;
+use state_lock::{LockError, StateLock};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot start the runtime or the signal thread: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs the daemon with the config at `config_path` until a terminate signal.
+pub fn run(config_path: &Path) -> Result<(), ServeError> {
+    let config = Config::load(config_path)?;
+    let log = logging::init(config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("drgw")
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(serve(config_path, config, log))
+}
+
+async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<(), ServeError> {
+    let mut signals = signals::listen().map_err(ServeError::Runtime)?;
+    let state_dir = &config.appliance.state_dir;
+    fsutil::create_private_dir(state_dir, 0o700).map_err(|source| ServeError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let _lock = StateLock::acquire(state_dir)?;
+    let catalog = Arc::new(Catalog::open(state_dir)?);
+    let id = catalog.appliance_id()?;
+    let identity = Identity::load_or_create(state_dir, &format!("drgw-{id}"))?;
+    let pins = Arc::new(PinStore::new(catalog.peers()?));
+    let address = config.replication_listen_addr();
+    let listener = link::bind(address)
+        .await
+        .map_err(|source| ServeError::Listen {
+            address: address.to_string(),
+            source,
+        })?;
+    let listen_address = listener.local_addr().unwrap_or(address);
+    let control_listener = control::bind(&config.control.socket).await?;
+    let tls_config = tls::server_config(&identity, pins.clone())?;
+    let appliance = Arc::new(Appliance {
+        id,
+        name: config.appliance.name.clone(),
+        identity,
+        catalog,
+        pins,
+        links: Default::default(),
+        refusals: Default::default(),
+        listen_address,
+        max_frame_bytes: config.replication.max_frame_bytes,
+        started: Instant::now(),
+        started_unix_s: clock::unix_seconds(),
+        settings: watch::Sender::new(Settings::from_config(&config)),
+        pins_version: watch::Sender::new(0),
+    });
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    tracker.spawn(link::run_listener(
+        listener,
+        appliance.clone(),
+        tls_config,
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(link::run_dialers(
+        appliance.clone(),
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(control::run_control(
+        control_listener,
+        appliance.clone(),
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(notify::watchdog(cancel.clone()));
+    tracing::info!(
+        name = %appliance.name, id = %appliance.id, fingerprint = %appliance.identity.fingerprint(),
+        listen = %listen_address, control = %config.control.socket.display(), log = log.destination,
+        "drgw {} serving", env!("CARGO_PKG_VERSION")
+    );
+    notify::ready(&format!("serving on {listen_address}"));
+    let reason = loop {
+        match signals.recv().await {
+            Some(SignalEvent::Reload) => reload(config_path, &config, &appliance, &log),
+            Some(SignalEvent::Terminate(name)) => break name,
+            None => break "signal thread ended",
+        }
+    };
+    drain(reason, &appliance, &tracker, &cancel, &mut signals).await;
+    let _ = std::fs::remove_file(&config.control.socket);
+    Ok(())
+}
+
+/// Stops accepting, closes links, and waits for in-flight work; a second
+/// terminate signal stops the wait.
+async fn drain(
+    reason: &str,
+    appliance: &Appliance,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    signals: &mut tokio::sync::mpsc::Receiver<SignalEvent>,
+) {
+    let timeout = appliance.settings().drain_timeout;
+    tracing::info!(
+        signal = reason,
+        timeout_ms = timeout.as_millis() as u64,
+        "draining"
+    );
+    notify::stopping();
+    cancel.cancel();
+    tracker.close();
+    let second_signal = async {
+        while let Some(event) = signals.recv().await {
+            if matches!(event, SignalEvent::Terminate(_)) {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tracker.wait() => tracing::info!("drained; exiting"),
+        _ = tokio::time::sleep(timeout) => {
+            tracing::warn!(tasks = tracker.len(), "drain timed out; exiting with work abandoned")
+        }
+        _ = second_signal => tracing::warn!("second terminate signal; exiting without waiting"),
+    }
+}
+
+/// SIGHUP: re-reads the config. Applies the reloadable settings and the log
+/// level; names what needs a restart; keeps everything on a bad file.
+/// `started` is the config the process started with: restart-only fields
+/// keep its values until a restart, so changes are judged against it.
+fn reload(config_path: &Path, started: &Config, appliance: &Appliance, log: &LogControl) {
+    notify::reloading();
+    match Config::load(config_path) {
+        Err(error) => {
+            tracing::error!("SIGHUP: config not reloaded, keeping the running one:\n{error}");
+        }
+        Ok(new) => {
+            let restart = started.changes_needing_restart(&new);
+            log.set_level(new.log.level);
+            appliance.settings.send_replace(Settings::from_config(&new));
+            if restart.is_empty() {
+                tracing::info!("SIGHUP: config reloaded");
+            } else {
+                tracing::warn!(
+                    needs_restart = %restart.join(", "),
+                    "SIGHUP: config reloaded; these changes take effect only after a restart"
+                );
+            }
+        }
+    }
+    notify::ready("serving");
+}

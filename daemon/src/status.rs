@@ -1,0 +1,167 @@
+//! `drgw status`: what the appliance is, whom it is linked to, and the room
+//! left on its volumes.
+
+use crate::appliance::Appliance;
+use crate::link::{self, LinkStatus, Refusal};
+use crate::tls::{Fingerprint, PeerKind};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub appliance_id: String,
+    pub name: String,
+    pub version: String,
+    pub uptime_s: u64,
+    pub started_unix_s: u64,
+    pub listen_address: String,
+    pub fingerprint: Fingerprint,
+    pub pairing_code: String,
+    pub peers: Vec<PeerStatus>,
+    pub refusals: Vec<Refusal>,
+    pub volumes: Vec<VolumeStatus>,
+    pub protected_disks: Vec<ProtectedDiskStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub kind: PeerKind,
+    pub address: Option<String>,
+    pub fingerprint: Fingerprint,
+    /// Whether this side dials the peer (otherwise it waits to be dialed).
+    pub dials: bool,
+    pub link: LinkStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeStatus {
+    pub role: String,
+    pub path: PathBuf,
+    pub mount_point: Option<PathBuf>,
+    pub file_system: Option<String>,
+    pub total_bytes: Option<u64>,
+    pub available_bytes: Option<u64>,
+    /// Why the figures are missing, when they are.
+    pub problem: Option<String>,
+}
+
+impl VolumeStatus {
+    fn unknown(role: &str, path: &Path, problem: String) -> VolumeStatus {
+        VolumeStatus {
+            role: role.to_string(),
+            path: path.to_path_buf(),
+            mount_point: None,
+            file_system: None,
+            total_bytes: None,
+            available_bytes: None,
+            problem: Some(problem),
+        }
+    }
+}
+
+/// A disk under protection. None exist until protection lands (issue 3).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProtectedDiskStatus {
+    pub name: String,
+    pub group: String,
+}
+
+/// Gathers the status. Reads the mount table: call off the runtime.
+pub fn collect(appliance: &Appliance) -> Status {
+    let settings = appliance.settings();
+    let own = appliance.identity.fingerprint();
+    let peers = appliance
+        .pins
+        .all()
+        .into_iter()
+        .map(|peer| PeerStatus {
+            dials: link::dials(own, &peer),
+            link: appliance
+                .links
+                .status(&peer.name)
+                .unwrap_or_else(|| LinkStatus::waiting_since(appliance.started_unix_s)),
+            name: peer.name,
+            kind: peer.kind,
+            address: peer.address,
+            fingerprint: peer.fingerprint,
+        })
+        .collect();
+    let disks = sysinfo::Disks::new_with_refreshed_list();
+    let volumes = [
+        ("cache", &settings.cache_volume),
+        ("retention", &settings.retention_volume),
+    ]
+    .into_iter()
+    .map(|(role, path)| match &disks {
+        Ok(disks) => volume_status(disks, role, path),
+        Err(error) => {
+            VolumeStatus::unknown(role, path, format!("cannot read the mount table: {error}"))
+        }
+    })
+    .collect();
+    Status {
+        appliance_id: appliance.id.to_string(),
+        name: appliance.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_s: appliance.started.elapsed().as_secs(),
+        started_unix_s: appliance.started_unix_s,
+        listen_address: appliance.listen_address.to_string(),
+        fingerprint: own,
+        pairing_code: own.pairing_code(),
+        peers,
+        refusals: appliance.refusals.snapshot(),
+        volumes,
+        protected_disks: Vec::new(),
+    }
+}
+
+/// The file system holding `path` is the mounted disk with the longest
+/// mount point that is a prefix of it (or of its nearest existing parent).
+fn volume_status(disks: &sysinfo::Disks, role: &str, path: &Path) -> VolumeStatus {
+    let mut status = VolumeStatus::unknown(role, path, String::new());
+    status.problem = None;
+    let resolved = match path.canonicalize() {
+        Ok(resolved) => resolved,
+        Err(_) => {
+            status.problem = Some("does not exist yet".into());
+            match path
+                .ancestors()
+                .skip(1)
+                .find_map(|parent| parent.canonicalize().ok())
+            {
+                Some(parent) => parent,
+                None => return status,
+            }
+        }
+    };
+    let holder = disks
+        .iter()
+        .filter(|disk| resolved.starts_with(disk.mount_point()))
+        .max_by_key(|disk| disk.mount_point().as_os_str().len());
+    match holder {
+        Some(disk) => {
+            status.mount_point = Some(disk.mount_point().to_path_buf());
+            status.file_system = Some(disk.file_system().to_string_lossy().into_owned());
+            status.total_bytes = Some(disk.total_space());
+            status.available_bytes = Some(disk.available_space());
+        }
+        None => status.problem = Some("no mounted file system found for it".into()),
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_volume_is_found() {
+        let disks = sysinfo::Disks::new_with_refreshed_list().unwrap();
+        let status = volume_status(&disks, "cache", Path::new("/tmp/drgw-no-such/dir"));
+        assert_eq!(status.problem.as_deref(), Some("does not exist yet"));
+        if !disks.is_empty() {
+            assert!(status.mount_point.is_some(), "{status:?}");
+            assert!(status.total_bytes.unwrap() > 0);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Bounds-checked little-endian reader over a byte slice. Every read either
+//! returns the value or `DecodeError::Truncated` naming the field; nothing
+//! here can panic or read past the slice.
+
+use super::error::DecodeError;
+
+pub(crate) struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { rest: bytes }
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
+    pub(crate) fn bytes(
+        &mut self,
+        field: &'static str,
+        length: usize,
+    ) -> Result<&'a [u8], DecodeError> {
+        let (head, tail) = self
+            .rest
+            .split_at_checked(length)
+            .ok_or_else(|| self.truncated(field, length))?;
+        self.rest = tail;
+        Ok(head)
+    }
+
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        field: &'static str,
+    ) -> Result<[u8; N], DecodeError> {
+        let (head, tail) = self
+            .rest
+            .split_first_chunk::<N>()
+            .ok_or_else(|| self.truncated(field, N))?;
+        self.rest = tail;
+        Ok(*head)
+    }
+
+    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        self.array::<1>(field).map(u8::from_le_bytes)
+    }
+
+    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        self.array::<2>(field).map(u16::from_le_bytes)
+    }
+
+    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        self.array::<4>(field).map(u32::from_le_bytes)
+    }
+
+    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        self.array::<8>(field).map(u64::from_le_bytes)
+    }
+
+    /// A u16 length then that many bytes of UTF-8. The length is checked
+    /// against `max` before the bytes are looked at.
+    pub(crate) fn string(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<String, DecodeError> {
+        let length = usize::from(self.u16(field)?);
+        if length > max {
+            return Err(DecodeError::StringTooLong { field, length, max });
+        }
+        let bytes = self.bytes(field, length)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8 { field })?;
+        Ok(text.to_owned())
+    }
+
+    /// Succeeds only if every byte was consumed.
+    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+        match self.rest.len() {
+            0 => Ok(()),
+            count => Err(DecodeError::TrailingBytes { count }),
+        }
+    }
+
+    fn truncated(&self, field: &'static str, needed: usize) -> DecodeError {
+        DecodeError::Truncated {
+            field,
+            needed,
+            remaining: self.rest.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_little_endian_in_order() {
+        let bytes = [1, 2, 0, 3, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0];
+        let mut reader = Reader::new(&bytes);
+        assert_eq!(reader.u8("a"), Ok(1));
+        assert_eq!(reader.u16("b"), Ok(2));
+        assert_eq!(reader.u32("c"), Ok(3));
+        assert_eq!(reader.u64("d"), Ok(4));
+        assert_eq!(reader.finish(), Ok(()));
+    }
+
+    #[test]
+    fn short_read_names_field_and_consumes_nothing() {
+        let bytes = [1, 2, 3];
+        let mut reader = Reader::new(&bytes);
+        let expected = DecodeError::Truncated {
+            field: "x",
+            needed: 4,
+            remaining: 3,
+        };
+        assert_eq!(reader.u32("x"), Err(expected));
+        assert_eq!(reader.remaining(), 3);
+        assert!(matches!(
+            reader.bytes("y", usize::MAX),
+            Err(DecodeError::Truncated {
+                needed: usize::MAX,
+                ..
+            })
+        ));
+        assert_eq!(reader.bytes("y", 3), Ok(&bytes[..]));
+    }
+
+    #[test]
+    fn string_limit_is_checked_before_the_bytes() {
+        // Declares 300 bytes but carries none: the limit error wins.
+        let bytes = 300u16.to_le_bytes();
+        let mut reader = Reader::new(&bytes);
+        let expected = DecodeError::StringTooLong {
+            field: "s",
+            length: 300,
+            max: 255,
+        };
+        assert_eq!(reader.string("s", 255), Err(expected));
+    }
+
+    #[test]
+    fn finish_reports_trailing_bytes() {
+        let reader = Reader::new(&[0, 0]);
+        assert_eq!(
+            reader.finish(),
+            Err(DecodeError::TrailingBytes { count: 2 })
+        );
+    }
+}
