@@ -1,0 +1,276 @@
+//! A real `drgw serve` process per test appliance, on loopback, with its own
+//! state directory, port and control socket.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_drgw");
+
+pub struct Daemon {
+    pub name: String,
+    pub directory: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    extra_env: Vec<(String, String)>,
+}
+
+/// A port free at the moment of asking (the daemon binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Daemon {
+    pub fn start(name: &str) -> Daemon {
+        Daemon::start_with(name, &[], "")
+    }
+
+    /// Starts a daemon with extra environment and extra config text
+    /// appended to the [replication] table.
+    pub fn start_with(name: &str, env: &[(&str, &str)], replication_extra: &str) -> Daemon {
+        let directory = tempfile::tempdir().unwrap();
+        let mut daemon = Daemon {
+            name: name.to_string(),
+            config_path: directory.path().join("drgw.toml"),
+            socket: directory.path().join("control.sock"),
+            port: free_port(),
+            log_path: directory.path().join("drgw.log"),
+            directory,
+            child: None,
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        daemon.write_config(replication_extra, 200, 2000);
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn write_config(&self, replication_extra: &str, heartbeat_ms: u32, timeout_ms: u32) {
+        let root = self.directory.path().display();
+        let text = format!(
+            "[appliance]\nname = \"{name}\"\nstate_dir = \"{root}/state\"\n\n\
+             [replication]\naddress = \"127.0.0.1\"\nport = {port}\n\
+             heartbeat_interval_ms = {heartbeat_ms}\npeer_timeout_ms = {timeout_ms}\n\
+             connect_retry_ms_max = 1000\n{replication_extra}\n\n\
+             [control]\nsocket = \"{socket}\"\n\n\
+             [volumes]\ncache = \"{root}/cache\"\nretention = \"{root}/retention\"\n\n\
+             [log]\nlevel = \"debug\"\n",
+            name = self.name,
+            port = self.port,
+            socket = self.socket.display(),
+        );
+        fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut command = Command::new(BINARY);
+        command
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("DRGW_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.cli(&["status", "--json"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited at startup ({status}):\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not answer on its control socket:\n{}", self.name, self.log());
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns it and how long it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("{} ignored SIGTERM for 30 s:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BINARY)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("DRGW_CONFIG")
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "drgw {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(&["status", "--json"])).unwrap()
+    }
+
+    pub fn fingerprint(&self) -> String {
+        let info: serde_json::Value = serde_json::from_str(&self.cli_ok(&["pair", "show", "--json"])).unwrap();
+        info["fingerprint"].as_str().unwrap().to_string()
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pins `other` here as an appliance peer.
+    pub fn pin(&self, other: &Daemon) {
+        self.cli_ok(&[
+            "pair", "add", "--name", &other.name, "--address", &other.address(),
+            "--fingerprint", &other.fingerprint(),
+        ]);
+    }
+
+    pub fn peer(&self, name: &str) -> Option<serde_json::Value> {
+        let status = self.status();
+        status["peers"].as_array().unwrap().iter().find(|peer| peer["name"] == name).cloned()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.directory.path().join("state")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Polls until `condition` holds on the status, or panics after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, condition: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status();
+            if condition(&status) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{}: waited {limit:?} for {what}; status:\n{status:#}\nlog:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(needle) {
+            if Instant::now() > deadline {
+                panic!("{}: no log line with {needle:?} within {limit:?}:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn link_state(peer: &serde_json::Value) -> &str {
+    peer["link"]["state"].as_str().unwrap_or("")
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn path_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A hand-driven TLS client with an identity of its own, for tests that
+/// need to speak (or misspeak) the protocol to a daemon.
+pub struct TestClient {
+    pub state: tempfile::TempDir,
+    pub identity: drgw::tls::Identity,
+}
+
+impl TestClient {
+    pub fn new() -> TestClient {
+        let state = tempfile::tempdir().unwrap();
+        let identity = drgw::tls::Identity::load_or_create(state.path(), "drgw-test-client").unwrap();
+        TestClient { state, identity }
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.identity.fingerprint().to_string()
+    }
+
+    /// TCP + TLS 1.3 to `address`, expecting the server certificate `expected`.
+    pub async fn connect(
+        &self,
+        address: &str,
+        expected: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let config = drgw::tls::client_config(&self.identity, expected.parse().unwrap()).unwrap();
+        let tcp = tokio::net::TcpStream::connect(address).await?;
+        let name = rustls::pki_types::ServerName::try_from(drgw::tls::SERVER_NAME).unwrap();
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+    }
+
+    pub fn hello(&self, role: drgw::wire::Role) -> drgw::wire::Frame {
+        drgw::wire::Frame::Hello(drgw::wire::Hello {
+            version_min: drgw::wire::PROTOCOL_VERSION_MIN,
+            version_max: drgw::wire::PROTOCOL_VERSION_MAX,
+            role,
+            appliance_id: [7; 16],
+            name: "test-client".into(),
+            software: "drgw-tests".into(),
+        })
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
