@@ -5,7 +5,12 @@ mod common;
 use std::process::Command;
 
 fn drgw(args: &[&str]) -> std::process::Output {
-    Command::new(common::BINARY).args(args).env_remove("DRGW_CONFIG").env_remove("DRGW_SOCKET").output().unwrap()
+    Command::new(common::BINARY)
+        .args(args)
+        .env_remove("DRGW_CONFIG")
+        .env_remove("DRGW_SOCKET")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -37,14 +42,28 @@ fn config_check_reports_each_problem_with_its_line() {
     assert_eq!(output.status.code(), Some(1));
     let text = String::from_utf8_lossy(&output.stderr);
     let file = path.display().to_string();
-    assert!(text.contains(&format!("{file}:2:")) && text.contains("nmae"), "{text}");
-    assert!(text.contains(&format!("{file}:5:")) && text.contains("70000"), "{text}");
-    assert!(text.contains(&format!("{file}:8:")) && text.contains("log.level"), "{text}");
+    assert!(
+        text.contains(&format!("{file}:2:")) && text.contains("nmae"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{file}:5:")) && text.contains("70000"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{file}:8:")) && text.contains("log.level"),
+        "{text}"
+    );
 
     let json = drgw(&["config", "check", "--json", path.to_str().unwrap()]);
     assert_eq!(json.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    let lines: Vec<u64> = report["problems"].as_array().unwrap().iter().map(|p| p["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, [2, 5, 8]);
 }
 
@@ -56,7 +75,11 @@ fn example_config_is_valid() {
     assert!(example.status.success());
     std::fs::write(&path, &example.stdout).unwrap();
     let output = drgw(&["config", "check", path.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -64,5 +87,21 @@ fn operator_command_without_a_daemon_says_so() {
     let output = drgw(&["--socket", "/nonexistent/drgw.sock", "status"]);
     assert_eq!(output.status.code(), Some(1));
     let text = String::from_utf8_lossy(&output.stderr);
-    assert!(text.contains("cannot reach drgw at /nonexistent/drgw.sock"), "{text}");
+    assert!(
+        text.contains("cannot reach drgw at /nonexistent/drgw.sock"),
+        "{text}"
+    );
+}
+
+#[test]
+fn demo_runs_and_verifies() {
+    let output = drgw(&["demo"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("demo passed"), "{text}");
+    assert!(text.contains("is not pinned"), "{text}");
 }

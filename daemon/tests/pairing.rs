@@ -13,14 +13,22 @@ fn paired_appliances_link_and_exchange_heartbeats() {
     site_a.pin(&site_b);
     site_b.pin(&site_a);
     for (here, there) in [(&site_a, &site_b), (&site_b, &site_a)] {
-        here.wait_for("a connected link with heartbeats", Duration::from_secs(20), |status| {
-            let peer = status["peers"].as_array().unwrap().iter().find(|p| p["name"] == there.name.as_str());
-            peer.is_some_and(|peer| {
-                link_state(peer) == "connected"
-                    && peer["link"]["heartbeats_received"].as_u64().unwrap_or(0) >= 3
-                    && peer["link"]["round_trip_us"].as_u64().is_some()
-            })
-        });
+        here.wait_for(
+            "a connected link with heartbeats",
+            Duration::from_secs(20),
+            |status| {
+                let peer = status["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == there.name.as_str());
+                peer.is_some_and(|peer| {
+                    link_state(peer) == "connected"
+                        && peer["link"]["heartbeats_received"].as_u64().unwrap_or(0) >= 3
+                        && peer["link"]["round_trip_us"].as_u64().is_some()
+                })
+            },
+        );
         let peer = here.peer(&there.name).unwrap();
         let their_id = there.status()["appliance_id"].as_str().unwrap().to_string();
         assert_eq!(peer["link"]["remote_appliance_id"], their_id.as_str());
@@ -40,18 +48,37 @@ fn link_recovers_after_peer_restart_and_pairing_survives() {
     site_a.pin(&site_b);
     site_b.pin(&site_a);
     let connected = |status: &serde_json::Value, name: &str| {
-        status["peers"].as_array().unwrap().iter().any(|p| p["name"] == name && link_state(p) == "connected")
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == name && link_state(p) == "connected")
     };
-    site_a.wait_for("link up", Duration::from_secs(20), |s| connected(s, "site-b"));
+    site_a.wait_for("link up", Duration::from_secs(20), |s| {
+        connected(s, "site-b")
+    });
     let fingerprint_before = site_b.fingerprint();
     let (exit, _) = site_b.terminate();
     assert!(exit.success());
-    site_a.wait_for("link down", Duration::from_secs(10), |s| !connected(s, "site-b"));
+    site_a.wait_for("link down", Duration::from_secs(10), |s| {
+        !connected(s, "site-b")
+    });
     site_b.spawn();
-    assert_eq!(site_b.fingerprint(), fingerprint_before, "identity is kept across restarts");
-    assert!(site_b.peer("site-a").is_some(), "pairing is kept across restarts");
-    site_a.wait_for("link back up", Duration::from_secs(20), |s| connected(s, "site-b"));
-    site_b.wait_for("link back up", Duration::from_secs(20), |s| connected(s, "site-a"));
+    assert_eq!(
+        site_b.fingerprint(),
+        fingerprint_before,
+        "identity is kept across restarts"
+    );
+    assert!(
+        site_b.peer("site-a").is_some(),
+        "pairing is kept across restarts"
+    );
+    site_a.wait_for("link back up", Duration::from_secs(20), |s| {
+        connected(s, "site-b")
+    });
+    site_b.wait_for("link back up", Duration::from_secs(20), |s| {
+        connected(s, "site-a")
+    });
 }
 
 #[test]
@@ -61,12 +88,18 @@ fn unpairing_closes_the_link() {
     site_a.pin(&site_b);
     site_b.pin(&site_a);
     let connected = |status: &serde_json::Value| {
-        status["peers"].as_array().unwrap().iter().any(|p| link_state(p) == "connected")
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| link_state(p) == "connected")
     };
     site_b.wait_for("link up", Duration::from_secs(20), connected);
     site_a.cli_ok(&["pair", "remove", "site-b"]);
     assert!(site_a.peer("site-b").is_none());
-    site_b.wait_for("link gone", Duration::from_secs(10), |status| !connected(status));
+    site_b.wait_for("link gone", Duration::from_secs(10), |status| {
+        !connected(status)
+    });
 }
 
 #[test]
@@ -75,11 +108,52 @@ fn pair_add_rejects_bad_requests() {
     let own = site_a.fingerprint();
     let other = "ab".repeat(32);
     let cases: [(&[&str], &str); 5] = [
-        (&["--name", "x", "--address", "127.0.0.1:1", "--fingerprint", &own], "own fingerprint"),
+        (
+            &[
+                "--name",
+                "x",
+                "--address",
+                "127.0.0.1:1",
+                "--fingerprint",
+                &own,
+            ],
+            "own fingerprint",
+        ),
         (&["--name", "x", "--fingerprint", &other], "needs --address"),
-        (&["--name", "x", "--tap", "--address", "127.0.0.1:1", "--fingerprint", &other], "no --address"),
-        (&["--name", "bad name", "--address", "127.0.0.1:1", "--fingerprint", &other], "must be 1 to 63"),
-        (&["--name", "x", "--address", "127.0.0.1:1", "--fingerprint", "abcd"], "64 hex digits"),
+        (
+            &[
+                "--name",
+                "x",
+                "--tap",
+                "--address",
+                "127.0.0.1:1",
+                "--fingerprint",
+                &other,
+            ],
+            "no --address",
+        ),
+        (
+            &[
+                "--name",
+                "bad name",
+                "--address",
+                "127.0.0.1:1",
+                "--fingerprint",
+                &other,
+            ],
+            "must be 1 to 63",
+        ),
+        (
+            &[
+                "--name",
+                "x",
+                "--address",
+                "127.0.0.1:1",
+                "--fingerprint",
+                "abcd",
+            ],
+            "64 hex digits",
+        ),
     ];
     for (args, expected) in cases {
         let mut full = vec!["pair", "add"];
@@ -87,10 +161,31 @@ fn pair_add_rejects_bad_requests() {
         let output = site_a.cli(&full);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{full:?}: {stderr}");
-        assert!(stderr.contains(expected), "{full:?}: expected {expected:?} in {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{full:?}: expected {expected:?} in {stderr}"
+        );
     }
-    site_a.cli_ok(&["pair", "add", "--name", "x", "--address", "127.0.0.1:1", "--fingerprint", &other]);
-    let duplicate = site_a.cli(&["pair", "add", "--name", "y", "--address", "127.0.0.1:1", "--fingerprint", &other]);
+    site_a.cli_ok(&[
+        "pair",
+        "add",
+        "--name",
+        "x",
+        "--address",
+        "127.0.0.1:1",
+        "--fingerprint",
+        &other,
+    ]);
+    let duplicate = site_a.cli(&[
+        "pair",
+        "add",
+        "--name",
+        "y",
+        "--address",
+        "127.0.0.1:1",
+        "--fingerprint",
+        &other,
+    ]);
     assert_eq!(duplicate.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already paired as x"));
 }

@@ -17,6 +17,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::serve::run(&path)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo { keep } => {
+            crate::demo::run(keep)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Check { file, json }) => Ok(config_check(&file, json)),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::EXAMPLE);

@@ -41,6 +41,12 @@ pub struct GlobalOptions {
 pub enum Command {
     /// Run the appliance daemon (replication listener, links, control API)
     Serve,
+    /// Run the appliance end to end on this machine, with embedded defaults
+    Demo {
+        /// Keep the demo's directory (configs, state, logs) afterwards
+        #[arg(long)]
+        keep: bool,
+    },
     /// Check or print configuration files
     #[command(subcommand)]
     Config(ConfigCommand),

@@ -24,7 +24,11 @@ pub struct Daemon {
 
 /// A port free at the moment of asking (the daemon binds it right after).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Daemon {
@@ -44,7 +48,10 @@ impl Daemon {
             log_path: directory.path().join("drgw.log"),
             directory,
             child: None,
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         daemon.write_config(replication_extra, 200, 2000);
         daemon.spawn();
@@ -94,11 +101,19 @@ impl Daemon {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited at startup ({status}):\n{}", self.name, self.log());
+                panic!(
+                    "{} exited at startup ({status}):\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("{} did not answer on its control socket:\n{}", self.name, self.log());
+        panic!(
+            "{} did not answer on its control socket:\n{}",
+            self.name,
+            self.log()
+        );
     }
 
     pub fn pid(&self) -> i32 {
@@ -152,7 +167,8 @@ impl Daemon {
     }
 
     pub fn fingerprint(&self) -> String {
-        let info: serde_json::Value = serde_json::from_str(&self.cli_ok(&["pair", "show", "--json"])).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&self.cli_ok(&["pair", "show", "--json"])).unwrap();
         info["fingerprint"].as_str().unwrap().to_string()
     }
 
@@ -163,14 +179,25 @@ impl Daemon {
     /// Pins `other` here as an appliance peer.
     pub fn pin(&self, other: &Daemon) {
         self.cli_ok(&[
-            "pair", "add", "--name", &other.name, "--address", &other.address(),
-            "--fingerprint", &other.fingerprint(),
+            "pair",
+            "add",
+            "--name",
+            &other.name,
+            "--address",
+            &other.address(),
+            "--fingerprint",
+            &other.fingerprint(),
         ]);
     }
 
     pub fn peer(&self, name: &str) -> Option<serde_json::Value> {
         let status = self.status();
-        status["peers"].as_array().unwrap().iter().find(|peer| peer["name"] == name).cloned()
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|peer| peer["name"] == name)
+            .cloned()
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -182,7 +209,12 @@ impl Daemon {
     }
 
     /// Polls until `condition` holds on the status, or panics after `limit`.
-    pub fn wait_for(&self, what: &str, limit: Duration, condition: impl Fn(&serde_json::Value) -> bool) {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        condition: impl Fn(&serde_json::Value) -> bool,
+    ) {
         let deadline = Instant::now() + limit;
         loop {
             let status = self.status();
@@ -190,7 +222,11 @@ impl Daemon {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("{}: waited {limit:?} for {what}; status:\n{status:#}\nlog:\n{}", self.name, self.log());
+                panic!(
+                    "{}: waited {limit:?} for {what}; status:\n{status:#}\nlog:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -200,7 +236,11 @@ impl Daemon {
         let deadline = Instant::now() + limit;
         while !self.log().contains(needle) {
             if Instant::now() > deadline {
-                panic!("{}: no log line with {needle:?} within {limit:?}:\n{}", self.name, self.log());
+                panic!(
+                    "{}: no log line with {needle:?} within {limit:?}:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -239,7 +279,8 @@ pub struct TestClient {
 impl TestClient {
     pub fn new() -> TestClient {
         let state = tempfile::tempdir().unwrap();
-        let identity = drgw::tls::Identity::load_or_create(state.path(), "drgw-test-client").unwrap();
+        let identity =
+            drgw::tls::Identity::load_or_create(state.path(), "drgw-test-client").unwrap();
         TestClient { state, identity }
     }
 
@@ -256,7 +297,9 @@ impl TestClient {
         let config = drgw::tls::client_config(&self.identity, expected.parse().unwrap()).unwrap();
         let tcp = tokio::net::TcpStream::connect(address).await?;
         let name = rustls::pki_types::ServerName::try_from(drgw::tls::SERVER_NAME).unwrap();
-        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
     }
 
     pub fn hello(&self, role: drgw::wire::Role) -> drgw::wire::Frame {
@@ -272,5 +315,8 @@ impl TestClient {
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
