@@ -14,5 +14,6 @@ pub mod link;
 pub mod logging;
 pub mod serve;
 pub mod status;
+pub mod tap;
 pub mod tls;
 pub mod wire;

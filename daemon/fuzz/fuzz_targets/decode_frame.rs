@@ -41,7 +41,9 @@ fn with_valid_checksum(data: &[u8]) -> Option<Vec<u8>> {
     let header_covered = header.get(..12)?;
     let checksum = crc32c_append(crc32c_append(0, header_covered), body);
     let mut sealed = data.to_vec();
-    sealed.get_mut(12..16)?.copy_from_slice(&checksum.to_le_bytes());
+    sealed
+        .get_mut(12..16)?
+        .copy_from_slice(&checksum.to_le_bytes());
     Some(sealed)
 }
 

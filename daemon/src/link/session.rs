@@ -196,7 +196,7 @@ async fn exchange_hello<S: AsyncWrite>(
     }
     let version = match context.direction {
         Direction::Inbound => {
-            let version = hello::negotiate(&theirs).ok_or(SessionError::NoCommonVersion {
+            let version = theirs.negotiate().ok_or(SessionError::NoCommonVersion {
                 min: theirs.version_min,
                 max: theirs.version_max,
             })?;

@@ -1,0 +1,97 @@
+use super::*;
+
+const GRAIN: u64 = 64 * 1024;
+
+fn map_at(directory: &tempfile::TempDir, disk_bytes: u64) -> (DirtyMap, OpenReport) {
+    DirtyMap::open(&directory.path().join("disk.map"), disk_bytes, GRAIN).unwrap()
+}
+
+#[test]
+fn marks_survive_reopen_and_clears_need_persist() {
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let (map, report) = map_at(&directory, 1 << 30);
+        assert!(report.created);
+        map.mark(0, 1).unwrap();
+        map.mark(GRAIN * 10 + 5, GRAIN).unwrap(); // spans grains 10 and 11
+        assert_eq!(map.dirty_grains(), 3);
+        map.clear(0, GRAIN);
+        // Not persisted: a crash here keeps grain 0 dirty.
+    }
+    {
+        let (map, report) = map_at(&directory, 1 << 30);
+        assert!(!report.created);
+        assert_eq!(report.dirty_grains, 3);
+        assert_eq!(
+            map.dirty_ranges(),
+            vec![(0, GRAIN), (GRAIN * 10, GRAIN * 2)]
+        );
+        map.clear(0, GRAIN);
+        map.clear(GRAIN * 10, GRAIN * 2);
+        assert_eq!(map.persist().unwrap(), 1);
+    }
+    let (map, report) = map_at(&directory, 1 << 30);
+    assert_eq!(report.dirty_grains, 0);
+    assert!(map.dirty_ranges().is_empty());
+}
+
+#[test]
+fn torn_page_is_taken_as_all_dirty() {
+    let directory = tempfile::tempdir().unwrap();
+    let disk_bytes = 4u64 << 30; // 65536 grains: two pages
+    {
+        let (map, _) = map_at(&directory, disk_bytes);
+        map.mark(GRAIN * 3, 1).unwrap();
+    }
+    // Tear the first page: flip a byte without fixing its checksum.
+    let path = directory.path().join("disk.map");
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0x80], BLOCK_BYTES as u64 + 100)
+        .unwrap();
+    let (map, report) = map_at(&directory, disk_bytes);
+    assert_eq!(report.pages_torn, 1);
+    assert_eq!(report.dirty_grains, (PAGE_BITMAP_BYTES * 8) as u64);
+    assert!(map.dirty_ranges()[0].0 == 0);
+}
+
+#[test]
+fn geometry_change_makes_everything_dirty() {
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let (map, _) = map_at(&directory, 1 << 20);
+        map.mark(0, 1).unwrap();
+    }
+    let (map, report) = map_at(&directory, 2 << 20);
+    assert!(report.geometry_changed);
+    assert_eq!(map.dirty_grains(), 32);
+    assert_eq!(map.dirty_ranges(), vec![(0, 2 << 20)]);
+}
+
+#[test]
+fn last_partial_grain_is_clipped_to_the_disk() {
+    let directory = tempfile::tempdir().unwrap();
+    let disk_bytes = GRAIN * 2 + 512;
+    let (map, _) = map_at(&directory, disk_bytes);
+    map.mark(disk_bytes - 1, 1).unwrap();
+    map.mark(disk_bytes + GRAIN, 4096).unwrap(); // past the end: ignored
+    assert_eq!(map.dirty_ranges(), vec![(GRAIN * 2, 512)]);
+    assert_eq!(map.dirty_grains(), 1);
+}
+
+#[test]
+fn foreign_file_is_refused_not_overwritten() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("disk.map");
+    std::fs::write(&path, b"something else entirely").unwrap();
+    let error = DirtyMap::open(&path, 1 << 20, GRAIN).err().unwrap();
+    assert!(matches!(error, DirtyMapError::Foreign { .. }), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"something else entirely");
+}
+
+#[test]
+fn bad_grain_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("disk.map");
+    assert!(DirtyMap::open(&path, 1 << 20, 1000).is_err());
+    assert!(DirtyMap::open(&path, 1 << 20, 512).is_err());
+}
