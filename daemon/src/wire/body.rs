@@ -6,11 +6,11 @@
 use super::cursor::Reader;
 use super::error::{DecodeError, EncodeError};
 use super::frame::{
-    Ack, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, Heartbeat, Hello, Role, Trim,
-    WriteBatch, WriteRecord,
+    Ack, Attach, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, Heartbeat, Hello, Role,
+    Trim, WriteBatch, WriteRecord,
 };
 use super::{
-    BOOKMARK_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, HELLO_NAME_BYTES_MAX,
+    ATTACH_NAME_BYTES_MAX, BOOKMARK_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, HELLO_NAME_BYTES_MAX,
     HELLO_SOFTWARE_BYTES_MAX, WRITE_RECORD_HEADER_BYTES,
 };
 
@@ -35,6 +35,7 @@ pub(crate) fn body_bytes(frame: &Frame) -> usize {
         Frame::Ack(_) => 4 + 8,
         Frame::Heartbeat(_) => 8 + 8,
         Frame::Error(error) => 2usize.saturating_add(string(&error.message)),
+        Frame::Attach(attach) => (4 + 8usize).saturating_add(string(&attach.name)),
     }
 }
 
@@ -85,6 +86,16 @@ pub(crate) fn write_body(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeE
                 &error.message,
                 ERROR_MESSAGE_BYTES_MAX,
             )?;
+        }
+        Frame::Attach(attach) => {
+            if attach.name.is_empty() {
+                return Err(EncodeError::EmptyName {
+                    field: "attach.name",
+                });
+            }
+            out.extend_from_slice(&attach.disk.to_le_bytes());
+            out.extend_from_slice(&attach.size_bytes.to_le_bytes());
+            put_string(out, "attach.name", &attach.name, ATTACH_NAME_BYTES_MAX)?;
         }
     }
     Ok(())
@@ -190,9 +201,24 @@ pub(crate) fn read_body(kind: FrameKind, body: &[u8]) -> Result<Frame, DecodeErr
             code: ErrorCode::from_code(reader.u16("error.code")?),
             message: reader.string("error.message", ERROR_MESSAGE_BYTES_MAX)?,
         }),
+        FrameKind::Attach => Frame::Attach(read_attach(&mut reader)?),
     };
     reader.finish()?;
     Ok(frame)
+}
+
+fn read_attach(reader: &mut Reader<'_>) -> Result<Attach, DecodeError> {
+    let attach = Attach {
+        disk: reader.u32("attach.disk")?,
+        size_bytes: reader.u64("attach.size_bytes")?,
+        name: reader.string("attach.name", ATTACH_NAME_BYTES_MAX)?,
+    };
+    if attach.name.is_empty() {
+        return Err(DecodeError::EmptyName {
+            field: "attach.name",
+        });
+    }
+    Ok(attach)
 }
 
 fn read_hello(reader: &mut Reader<'_>) -> Result<Hello, DecodeError> {

@@ -112,6 +112,11 @@ pub(crate) fn samples() -> Vec<Frame> {
             code: ErrorCode::NotPaired,
             message: "fingerprint not pinned".to_owned(),
         }),
+        Frame::Attach(Attach {
+            disk: 1,
+            size_bytes: 8 << 30,
+            name: "db-01-data".to_owned(),
+        }),
     ]
 }
 
@@ -294,7 +299,7 @@ fn frame_type_is_covered_by_the_checksum() {
 
 #[test]
 fn unknown_frame_type() {
-    for code in [0, 9, 255] {
+    for code in [0, 10, 255] {
         let bytes = frame_with_body(code, &[]);
         assert_eq!(
             decode_all(&bytes),
@@ -557,4 +562,50 @@ fn frame_kinds_have_codes_and_names() {
     assert_eq!(FrameKind::Heartbeat.to_string(), "HEARTBEAT");
     let kinds: Vec<FrameKind> = samples().iter().map(Frame::kind).collect();
     assert_eq!(kinds, FrameKind::ALL);
+}
+
+#[test]
+fn attach_round_trips_and_refuses_an_empty_name() {
+    let frame = Frame::Attach(Attach {
+        disk: 3,
+        size_bytes: 16 << 30,
+        name: "web-01-root".into(),
+    });
+    let mut bytes = Vec::new();
+    encode(&frame, &mut bytes).unwrap();
+    assert_eq!(
+        decode(&bytes, BODY_BYTES_DEFAULT).unwrap(),
+        (frame, bytes.len())
+    );
+
+    let empty = Frame::Attach(Attach {
+        disk: 3,
+        size_bytes: 1,
+        name: String::new(),
+    });
+    let mut out = Vec::new();
+    assert_eq!(
+        encode(&empty, &mut out),
+        Err(EncodeError::EmptyName {
+            field: "attach.name"
+        })
+    );
+    assert!(out.is_empty());
+    let mut body = Vec::new();
+    body.extend_from_slice(&3u32.to_le_bytes());
+    body.extend_from_slice(&1u64.to_le_bytes());
+    body.extend_from_slice(&0u16.to_le_bytes());
+    let bytes = frame_with_body(FrameKind::Attach.code(), &body);
+    assert_eq!(
+        decode(&bytes, BODY_BYTES_DEFAULT),
+        Err(DecodeError::EmptyName {
+            field: "attach.name"
+        })
+    );
+}
+
+#[test]
+fn not_protected_error_code_is_named() {
+    assert_eq!(ErrorCode::from_code(8), ErrorCode::NotProtected);
+    assert_eq!(ErrorCode::NotProtected.code(), 8);
 }

@@ -49,6 +49,8 @@ pub enum DecodeError {
     SequenceNotIncreasing { previous: u64, found: u64 },
     #[error("offset {offset} + length {length} overflows u64")]
     OffsetOverflow { offset: u64, length: u64 },
+    #[error("{field} is empty")]
+    EmptyName { field: &'static str },
     #[error("{count} trailing bytes after the body")]
     TrailingBytes { count: usize },
 }
@@ -84,6 +86,8 @@ pub enum EncodeError {
     SequenceNotIncreasing { previous: u64, found: u64 },
     #[error("offset {offset} + length {length} overflows u64")]
     OffsetOverflow { offset: u64, length: u64 },
+    #[error("{field} is empty")]
+    EmptyName { field: &'static str },
     #[error("ErrorCode::Unknown({code}) names a known code; use its named variant")]
     ErrorCodeNotCanonical { code: u16 },
 }

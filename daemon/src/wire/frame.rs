@@ -15,6 +15,7 @@ pub enum Frame {
     Ack(Ack),
     Heartbeat(Heartbeat),
     Error(ErrorFrame),
+    Attach(Attach),
 }
 
 impl Frame {
@@ -29,6 +30,7 @@ impl Frame {
             Frame::Ack(_) => FrameKind::Ack,
             Frame::Heartbeat(_) => FrameKind::Heartbeat,
             Frame::Error(_) => FrameKind::Error,
+            Frame::Attach(_) => FrameKind::Attach,
         }
     }
 
@@ -52,10 +54,11 @@ pub enum FrameKind {
     Ack = 6,
     Heartbeat = 7,
     Error = 8,
+    Attach = 9,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 8] = [
+    pub const ALL: [FrameKind; 9] = [
         FrameKind::Hello,
         FrameKind::Write,
         FrameKind::Flush,
@@ -64,6 +67,7 @@ impl FrameKind {
         FrameKind::Ack,
         FrameKind::Heartbeat,
         FrameKind::Error,
+        FrameKind::Attach,
     ];
 
     pub const fn code(self) -> u8 {
@@ -85,6 +89,7 @@ impl FrameKind {
             FrameKind::Ack => "ACK",
             FrameKind::Heartbeat => "HEARTBEAT",
             FrameKind::Error => "ERROR",
+            FrameKind::Attach => "ATTACH",
         }
     }
 }
@@ -197,6 +202,17 @@ pub struct Heartbeat {
     pub echo_unix_ns: u64,
 }
 
+/// A tap names a protected disk it forwards and the number it will use for
+/// it in WRITE, FLUSH and TRIM frames on this connection; the gateway answers
+/// with the same ATTACH once it accepts, or ERROR `NotProtected` and closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attach {
+    pub disk: u32,
+    pub size_bytes: u64,
+    /// 1 to 255 bytes of UTF-8: the disk's name in the gateway's catalog.
+    pub name: String,
+}
+
 /// Sent before closing a connection because of `code`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorFrame {
@@ -215,7 +231,9 @@ pub enum ErrorCode {
     NotPaired,
     Internal,
     ShuttingDown,
-    /// A code outside 1..=7. Encoding `Unknown(n)` for a named `n` fails,
+    /// A tap attached a disk this gateway does not protect for it.
+    NotProtected,
+    /// A code outside 1..=8. Encoding `Unknown(n)` for a named `n` fails,
     /// so every code has exactly one representation.
     Unknown(u16),
 }
@@ -230,6 +248,7 @@ impl ErrorCode {
             ErrorCode::NotPaired => 5,
             ErrorCode::Internal => 6,
             ErrorCode::ShuttingDown => 7,
+            ErrorCode::NotProtected => 8,
             ErrorCode::Unknown(code) => code,
         }
     }
@@ -243,6 +262,7 @@ impl ErrorCode {
             5 => ErrorCode::NotPaired,
             6 => ErrorCode::Internal,
             7 => ErrorCode::ShuttingDown,
+            8 => ErrorCode::NotProtected,
             code => ErrorCode::Unknown(code),
         }
     }
@@ -263,6 +283,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::NotPaired => formatter.write_str("not paired"),
             ErrorCode::Internal => formatter.write_str("internal error"),
             ErrorCode::ShuttingDown => formatter.write_str("shutting down"),
+            ErrorCode::NotProtected => formatter.write_str("disk not protected"),
             ErrorCode::Unknown(code) => write!(formatter, "unknown error code {code}"),
         }
     }

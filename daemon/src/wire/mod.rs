@@ -29,8 +29,8 @@ mod proptests;
 pub use codec::{decode, encode};
 pub use error::{DecodeError, EncodeError, ReadError, WriteError};
 pub use frame::{
-    Ack, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, Heartbeat, Hello, Role, Trim,
-    WriteBatch, WriteRecord,
+    Ack, Attach, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, Heartbeat, Hello, Role,
+    Trim, WriteBatch, WriteRecord,
 };
 pub use io::{read_frame, write_frame};
 
@@ -62,6 +62,8 @@ pub const HELLO_NAME_BYTES_MAX: usize = 255;
 pub const HELLO_SOFTWARE_BYTES_MAX: usize = 64;
 /// Longest BOOKMARK name, in bytes of UTF-8.
 pub const BOOKMARK_NAME_BYTES_MAX: usize = 255;
+/// Longest ATTACH disk name, in bytes of UTF-8.
+pub const ATTACH_NAME_BYTES_MAX: usize = 255;
 /// Longest ERROR message, in bytes of UTF-8.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 

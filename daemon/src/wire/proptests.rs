@@ -99,6 +99,13 @@ pub(crate) fn frame() -> impl Strategy<Value = Frame> {
         }),
         (error_code(), text(ERROR_MESSAGE_BYTES_MAX / 4))
             .prop_map(|(code, message)| Frame::Error(ErrorFrame { code, message })),
+        (any::<u32>(), any::<u64>(), "[a-z0-9._-]{1,60}").prop_map(|(disk, size_bytes, name)| {
+            Frame::Attach(Attach {
+                disk,
+                size_bytes,
+                name,
+            })
+        }),
     ]
 }
 
