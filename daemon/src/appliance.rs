@@ -3,6 +3,7 @@
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::ingest::Ingest;
 use crate::link::{LinkRegistry, RefusalLog};
 use crate::tls::{Identity, PinStore};
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub struct Appliance {
     pub pins: Arc<PinStore>,
     pub links: LinkRegistry,
     pub refusals: RefusalLog,
+    /// The I/O receiver: stages what taps forward.
+    pub ingest: Arc<Ingest>,
     pub listen_address: SocketAddr,
     pub max_frame_bytes: u32,
     pub started: Instant,
@@ -58,6 +61,12 @@ pub struct Appliance {
 impl Appliance {
     pub fn settings(&self) -> Settings {
         self.settings.borrow().clone()
+    }
+
+    /// Re-reads the protected disks from the catalog into the ingest view.
+    pub fn refresh_disks(&self) -> Result<(), crate::catalog::CatalogError> {
+        self.ingest.replace_disks(self.catalog.disks()?);
+        Ok(())
     }
 
     /// Re-reads the pinned peers from the catalog into the handshake view.

@@ -59,11 +59,19 @@ impl VolumeStatus {
     }
 }
 
-/// A disk under protection. None exist until protection lands (issue 3).
+/// A disk under protection at this (source) appliance.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProtectedDiskStatus {
     pub name: String,
     pub group: String,
+    pub tap: String,
+    pub size_bytes: u64,
+    /// Whether its tap has it attached right now.
+    pub attached: bool,
+    pub writes_per_second: f64,
+    pub bytes_per_second: f64,
+    pub records_total: u64,
+    pub bytes_total: u64,
 }
 
 /// Gathers the status. Reads the mount table: call off the runtime.
@@ -111,8 +119,30 @@ pub fn collect(appliance: &Appliance) -> Status {
         peers,
         refusals: appliance.refusals.snapshot(),
         volumes,
-        protected_disks: Vec::new(),
+        protected_disks: protected_disks(appliance),
     }
+}
+
+fn protected_disks(appliance: &Appliance) -> Vec<ProtectedDiskStatus> {
+    appliance
+        .ingest
+        .disks()
+        .into_iter()
+        .map(|disk| {
+            let figures = appliance.ingest.disk_figures(&disk.name);
+            ProtectedDiskStatus {
+                name: disk.name,
+                group: disk.group,
+                tap: disk.tap,
+                size_bytes: disk.size_bytes,
+                attached: figures.attached,
+                writes_per_second: figures.writes_per_second,
+                bytes_per_second: figures.bytes_per_second,
+                records_total: figures.records_total,
+                bytes_total: figures.bytes_total,
+            }
+        })
+        .collect()
 }
 
 /// The file system holding `path` is the mounted disk with the longest

@@ -33,6 +33,38 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(json, &value, || print::status(&status))
         }
         Command::Pair(command) => pair(&cli.global, command),
+        Command::Protect {
+            disk,
+            group,
+            tap,
+            size,
+            json,
+        } => {
+            let request = Request::Protect {
+                disk,
+                group,
+                tap,
+                size_bytes: size,
+            };
+            let value = call(&cli.global, request)?;
+            emit(json, &value, || print::protected(&value))
+        }
+        Command::Unprotect { disk, json } => {
+            let value = call(&cli.global, Request::Unprotect { disk: disk.clone() })?;
+            emit(json, &value, || println!("{disk} is no longer protected"))
+        }
+        Command::Tap { print_fingerprint } => {
+            let path = cli
+                .global
+                .config
+                .unwrap_or_else(|| config::TAP_DEFAULT_PATH.into());
+            if print_fingerprint {
+                crate::tap::print_identity(&path)?;
+            } else {
+                crate::tap::run(&path)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

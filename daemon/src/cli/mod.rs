@@ -59,6 +59,55 @@ pub enum Command {
     /// Pair with other appliances and taps by certificate fingerprint
     #[command(subcommand)]
     Pair(PairCommand),
+    /// Protect a disk: its tap may attach it, its writes are staged in the group's order
+    Protect {
+        /// The disk's name (as in the tap's config)
+        disk: String,
+        /// Consistency group: disks of one group share one write order and one set of recovery points
+        #[arg(long)]
+        group: String,
+        /// The paired tap that serves this disk
+        #[arg(long)]
+        tap: String,
+        /// The disk's size: bytes, or with a K/M/G/T suffix (powers of 1024)
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop protecting a disk
+    Unprotect {
+        /// The disk's name
+        disk: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the tap: serve protected disks over NBD and forward every write to the source gateway
+    Tap {
+        /// Print the tap's certificate fingerprint (for `drgw pair add --tap`) and exit
+        #[arg(long)]
+        print_fingerprint: bool,
+    },
+}
+
+/// Parses `1073741824`, `512M`, `16G`, `2T` (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((index, 'K' | 'k')) => (&text[..index], 10),
+        Some((index, 'M' | 'm')) => (&text[..index], 20),
+        Some((index, 'G' | 'g')) => (&text[..index], 30),
+        Some((index, 'T' | 't')) => (&text[..index], 40),
+        _ => (text, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (bytes, or a number with K, M, G or T)"))?;
+    value
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,5 +175,21 @@ pub fn main() -> ExitCode {
             eprintln!("drgw: {error:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("16g"), Ok(16 << 30));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

@@ -25,10 +25,34 @@ pub fn status(status: &Status) {
     println!();
     println!("PROTECTED DISKS");
     if status.protected_disks.is_empty() {
-        println!("  none");
-    }
-    for disk in &status.protected_disks {
-        println!("  {} (group {})", disk.name, disk.group);
+        println!("  none (see `drgw protect`)");
+    } else {
+        let rows: Vec<[String; 7]> = status
+            .protected_disks
+            .iter()
+            .map(|disk| {
+                [
+                    disk.name.clone(),
+                    disk.group.clone(),
+                    disk.tap.clone(),
+                    bytes(disk.size_bytes),
+                    if disk.attached { "attached" } else { "-" }.into(),
+                    format!("{:.0}", disk.writes_per_second),
+                    format!("{}/s", bytes(disk.bytes_per_second as u64)),
+                ]
+            })
+            .collect();
+        let header = [
+            "NAME",
+            "GROUP",
+            "TAP",
+            "SIZE",
+            "TAP LINK",
+            "WRITES/S",
+            "THROUGHPUT",
+        ]
+        .map(String::from);
+        table(&header, &rows);
     }
     if !status.refusals.is_empty() {
         println!();
@@ -149,6 +173,13 @@ pub fn pair_info(info: &PairInfo) {
         info.listen_address.rsplit(':').next().unwrap_or("9443"),
         info.fingerprint
     );
+}
+
+pub fn protected(value: &serde_json::Value) {
+    let name = value["name"].as_str().unwrap_or("?");
+    let group = value["group"].as_str().unwrap_or("?");
+    let tap = value["tap"].as_str().unwrap_or("?");
+    println!("protected {name} in group {group}; tap {tap} may now attach it");
 }
 
 pub fn paired(value: &serde_json::Value) {

@@ -1,5 +1,6 @@
-//! Turns config text into a [`Config`] or into every problem it has, each
-//! with its line, column and dotted field.
+//! Turns config text into a typed config or into every problem it has, each
+//! with its line, column and dotted field. Used for every config file type
+//! ([`Schema`]): the daemon's `Config` and the tap's `TapConfig`.
 //!
 //! serde stops at the first error, so the document is parsed once, with
 //! spans, into a tree ([`DeTable`]) and deserialized from that tree in rounds:
@@ -8,6 +9,12 @@
 //! Removed entries fall back to their defaults, so later rounds see a
 //! complete, valid-so-far config. The serde structs stay the only schema.
 //!
+//! Required fields also have a default inside serde (an empty string or
+//! path, never valid when written), so that one left out does not stop the
+//! rounds; [`Schema::missing`] then names them, and they are reported at the
+//! header of the table that lacks them (line 1 when the table itself is
+//! missing).
+//!
 //! Syntax errors come from the parser's own recovery; the entries a syntax
 //! error is in, or on the line of, are dropped first, as their recovered
 //! values are guesses that would only produce echoes of the same mistake.
@@ -15,29 +22,48 @@
 use std::collections::BTreeSet;
 use std::ops::Range;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, Deserializer};
 use toml::Spanned;
 
-use super::validate::{self, Relation};
-use super::{Config, Problem};
+use super::tree::{self, KeyPath, Segment};
+use super::validate::{Missing, Relation};
+use super::Problem;
 
 /// Most problems reported for one file; a file with more is probably not a
 /// drgw config at all, and the first ones are enough to see that.
 pub(super) const PROBLEMS_MAX: usize = 64;
 
+/// A config file type. Its serde structs are the schema; these are the
+/// checks serde cannot make, run on a config whose every field is valid on
+/// its own.
+pub(super) trait Schema: DeserializeOwned {
+    /// Required fields the file does not set (they hold their sentinel).
+    fn missing(&self) -> Vec<Missing>;
+    /// Broken rules between fields.
+    fn relations(&self) -> Vec<Relation>;
+}
+
 type Tree<'i> = Spanned<DeTable<'i>>;
 
-pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+pub(super) fn parse<T: Schema>(text: &str) -> Result<T, Vec<Problem>> {
     let lines = Lines::new(text);
     let (mut tree, syntax_errors) = DeTable::parse_recoverable(text);
     let mut problems = syntax_problems(tree.get_mut(), &lines, &syntax_errors);
 
-    let config = deserialize_collecting(tree.clone(), &lines, &mut problems);
+    let config: Option<T> = deserialize_collecting(tree.clone(), &lines, &mut problems);
     if let Some(config) = &config {
-        let blamed: BTreeSet<String> = problems.iter().map(|p| p.field.clone()).collect();
-        for relation in validate::relations(config) {
-            if !relation.fields.iter().any(|field| blamed.contains(*field)) {
+        let blamed: Vec<String> = problems.iter().map(|p| p.field.clone()).collect();
+        let is_blamed = |field: &str| {
+            let within =
+                |ancestor: &String| !ancestor.is_empty() && tree::is_within(field, ancestor);
+            blamed.iter().any(within)
+        };
+        let missing = config.missing().into_iter();
+        let missing: Vec<Missing> = missing.filter(|m| !is_blamed(&m.field)).collect();
+        problems.extend(missing_problems(tree.get_ref(), &lines, missing));
+        for relation in config.relations() {
+            if !relation.fields.iter().any(|field| is_blamed(field)) {
                 problems.push(relation_problem(tree.get_ref(), &lines, relation));
             }
         }
@@ -53,13 +79,13 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
 /// Deserializes `tree`, removing one offending entry per failed round.
 /// Returns the config of the last round, or `None` if an error could not be
 /// pinned to an entry (then nothing more can be learnt safely).
-fn deserialize_collecting(
+fn deserialize_collecting<T: DeserializeOwned>(
     mut tree: Tree,
     lines: &Lines,
     problems: &mut Vec<Problem>,
-) -> Option<Config> {
+) -> Option<T> {
     loop {
-        let error = match Config::deserialize(Deserializer::from(tree.clone())) {
+        let error = match T::deserialize(Deserializer::from(tree.clone())) {
             Ok(config) => return Some(config),
             Err(error) => error,
         };
@@ -72,73 +98,40 @@ fn deserialize_collecting(
         // An empty span is the document's own (an error about the whole
         // file): no entry to blame, and blaming the first one would be wrong.
         let path = Some(&span).filter(|span| !span.is_empty());
-        let Some(path) = path.and_then(|span| locate(tree.get_ref(), span)) else {
+        let Some(path) = path.and_then(|span| tree::locate(tree.get_ref(), span)) else {
             let message = error.message().to_owned();
             problems.push(lines.problem(span.start, String::new(), message));
             return None;
         };
-        let value = lookup(tree.get_ref(), &path).map(|entry| entry.get_ref());
+        // A required field without a sentinel default (a schema slip): the
+        // error is about its table, which cannot be removed without echoes.
+        if let Some(key) = missing_field(error.message()) {
+            let field = format!("{}.{key}", tree::render(&path));
+            let message = format!("required key `{key}` is missing");
+            problems.push(lines.problem(span.start, field, message));
+            return None;
+        }
+        let value = tree::lookup(tree.get_ref(), &path).map(|entry| entry.get_ref());
         let message = describe(error.message(), value, path.len());
-        problems.push(lines.problem(span.start, path.join("."), message));
-        remove(tree.get_mut(), &path);
+        problems.push(lines.problem(span.start, tree::render(&path), message));
+        tree::remove(tree.get_mut(), &path);
     }
 }
 
-/// The key path of the deepest entry whose key or value span contains
-/// `span`: the entry an error is about.
-fn locate(table: &DeTable, span: &Range<usize>) -> Option<Vec<String>> {
-    let contains = |outer: Range<usize>| outer.start <= span.start && span.end <= outer.end;
-    let mut best: Option<Vec<String>> = None;
-    for (key, value) in table.iter() {
-        let mut candidate = None;
-        if contains(key.span()) || contains(value.span()) {
-            candidate = Some(vec![key.get_ref().to_string()]);
-        }
-        if let DeValue::Table(child) = value.get_ref() {
-            if let Some(mut below) = locate(child, span) {
-                below.insert(0, key.get_ref().to_string());
-                candidate = Some(below);
-            }
-        }
-        if candidate.as_ref().map(Vec::len) > best.as_ref().map(Vec::len) {
-            best = candidate;
-        }
-    }
-    best
+/// `address` from serde's "missing field `address`".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.strip_suffix('`')
 }
-
-fn lookup<'t, 'i>(table: &'t DeTable<'i>, path: &[String]) -> Option<&'t Spanned<DeValue<'i>>> {
-    let (first, rest) = path.split_first()?;
-    let entry = table.get(first.as_str())?;
-    match (rest.is_empty(), entry.get_ref()) {
-        (true, _) => Some(entry),
-        (false, DeValue::Table(child)) => lookup(child, rest),
-        (false, _) => None,
-    }
-}
-
-fn remove(table: &mut DeTable, path: &[String]) {
-    let Some((first, rest)) = path.split_first() else {
-        return;
-    };
-    if rest.is_empty() {
-        table.remove(first.as_str());
-    } else if let Some(DeValue::Table(child)) = table.get_mut(first.as_str()).map(Spanned::get_mut)
-    {
-        remove(child, rest);
-    }
-}
-
 /// Rewrites serde's wording where it is unclear to an operator: type errors
 /// say what was expected and which TOML type was found, and an unknown
 /// top-level table is called a section.
 fn describe(message: &str, value: Option<&DeValue>, depth: usize) -> String {
     if let (Some(rest), Some(value)) = (message.strip_prefix("invalid type: "), value) {
         if let Some((_, expected)) = rest.rsplit_once(", expected ") {
-            let expected = if expected.starts_with("struct ") {
-                "a table"
-            } else {
-                expected
+            let expected = match expected {
+                _ if expected.starts_with("struct ") => "a table",
+                "a sequence" => "an array",
+                _ => expected,
             };
             let found = value.type_str();
             let article = if found.starts_with(['a', 'e', 'i', 'o', 'u']) {
@@ -156,13 +149,63 @@ fn describe(message: &str, value: Option<&DeValue>, depth: usize) -> String {
     message.to_owned()
 }
 
+/// A broken rule is reported at the first of its fields that the file
+/// sets, else where the first field would go.
 fn relation_problem(table: &DeTable, lines: &Lines, relation: Relation) -> Problem {
     let located = relation.fields.iter().find_map(|field| {
-        let path: Vec<String> = field.split('.').map(str::to_owned).collect();
-        lookup(table, &path).map(|entry| (*field, entry.span().start))
+        let entry = tree::lookup(table, &tree::parse_field(field))?;
+        Some((field.clone(), entry.span().start))
     });
-    let (field, offset) = located.unwrap_or((relation.fields[0], 0));
-    lines.problem(offset, field.to_owned(), relation.message)
+    let first = relation.fields.first().cloned().unwrap_or_default();
+    let (field, offset) = located.unwrap_or_else(|| {
+        let offset = nearest_entry(table, &tree::parse_field(&first)).map_or(0, |(_, at)| at);
+        (first, offset)
+    });
+    lines.problem(offset, field, relation.message)
+}
+
+/// The deepest entry on `path` that the file has (`path` itself included),
+/// with how many segments of `path` it covers and where it starts.
+fn nearest_entry(table: &DeTable, path: &[Segment]) -> Option<(usize, usize)> {
+    (1..=path.len()).rev().find_map(|depth| {
+        let entry = tree::lookup(table, &path[..depth])?;
+        Some((depth, entry.span().start))
+    })
+}
+
+/// Each missing field is reported at its table's header (or at the value
+/// it is required in, such as an empty array). When a whole table is absent,
+/// its missing fields become one problem about that table, on line 1.
+fn missing_problems(table: &DeTable, lines: &Lines, missing: Vec<Missing>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut absent_tables: Vec<(KeyPath, Vec<String>)> = Vec::new();
+    for Missing { field, message } in missing {
+        let path = tree::parse_field(&field);
+        let nearest = nearest_entry(table, &path);
+        let covered = nearest.map_or(0, |(depth, _)| depth);
+        if covered + 1 >= path.len() {
+            let offset = nearest.map_or(0, |(_, at)| at);
+            problems.push(lines.problem(offset, field, message));
+            continue;
+        }
+        // A table above the field is absent: blame the outermost one.
+        let absent = path[..covered + 1].to_vec();
+        let below = tree::render(&path[covered + 1..]);
+        match absent_tables.iter_mut().find(|(known, _)| *known == absent) {
+            Some((_, fields)) => fields.push(below),
+            None => absent_tables.push((absent, vec![below])),
+        }
+    }
+    for (absent, fields) in absent_tables {
+        let offset = nearest_entry(table, &absent).map_or(0, |(_, at)| at);
+        let name = tree::render(&absent);
+        let message = format!(
+            "required section [{name}] is missing (it must set {})",
+            fields.join(", ")
+        );
+        problems.push(lines.problem(offset, name, message));
+    }
+    problems
 }
 
 /// One problem per syntax error, then the recovered entries those errors
@@ -178,20 +221,20 @@ fn syntax_problems(tree: &mut DeTable, lines: &Lines, errors: &[toml::de::Error]
         let message = syntax_message(lines, error_line, error.message());
         // An empty span at `offset` finds the entry whose key or value the
         // error is in or just after (an unterminated string or array).
-        let Some(path) = locate(tree, &(offset..offset)) else {
+        let Some(path) = tree::locate(tree, &(offset..offset)) else {
             problems.push(lines.problem(offset, lines.field_at(error_line), message));
             continue;
         };
         // Point at where a value that runs over several lines starts, not at
         // the end of the file where the parser noticed.
-        let value_start = lookup(tree, &path).map_or(offset, |entry| entry.span().start);
+        let value_start = tree::lookup(tree, &path).map_or(offset, |entry| entry.span().start);
         let same_line = lines.position(value_start).0 == error_line;
         let at = if same_line { offset } else { value_start };
-        problems.push(lines.problem(at, path.join("."), message));
+        problems.push(lines.problem(at, tree::render(&path), message));
         culprits.push(path);
     }
     for path in &culprits {
-        remove(tree, path);
+        tree::remove(tree, path);
     }
     drop_entries_on_lines(tree, lines, &error_lines);
     problems
@@ -229,19 +272,7 @@ fn drop_entries_on_lines(table: &mut DeTable, lines: &Lines, bad: &BTreeSet<usiz
         let last = lines.position(span.end.saturating_sub(1).max(span.start)).0;
         bad.range(first..=last).next().is_some()
     };
-    let doomed: Vec<String> = table
-        .iter()
-        .filter(|(key, value)| touches(key.span()) || touches(value.span()))
-        .map(|(key, _)| key.get_ref().to_string())
-        .collect();
-    for key in doomed {
-        table.remove(key.as_str());
-    }
-    for (_, value) in table.iter_mut() {
-        if let DeValue::Table(child) = value.get_mut() {
-            drop_entries_on_lines(child, lines, bad);
-        }
-    }
+    tree::drop_entries(table, &touches);
 }
 
 /// Line arithmetic over the original text.
@@ -322,6 +353,43 @@ fn header_name(line: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A schema whose required key has no sentinel default.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Strict {
+        peer: StrictPeer,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct StrictPeer {
+        host: String,
+    }
+
+    impl Schema for Strict {
+        fn missing(&self) -> Vec<Missing> {
+            Vec::new()
+        }
+
+        fn relations(&self) -> Vec<Relation> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_key_serde_finds_missing_is_reported_at_its_table_and_ends_the_rounds() {
+        let problems = parse::<Strict>("\n[peer]\nport = 1\n").unwrap_err();
+        let located: Vec<_> = problems
+            .iter()
+            .map(|p| (p.line, p.field.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            located,
+            [(2, "peer.host", "required key `host` is missing")]
+        );
+    }
 
     #[test]
     fn positions_are_one_based_and_count_characters() {

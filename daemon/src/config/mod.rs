@@ -8,10 +8,15 @@
 //! with every problem found, each with its line, column and dotted field
 //! (`diagnostics`), not just the first one serde trips on. Which fields a
 //! SIGHUP can apply is in `reload`. Reference: `docs/config.md`.
+//!
+//! The tap process has a config file of its own, [`TapConfig`] (`tap`),
+//! read by the same machinery. Reference: `docs/tap-config.md`.
 
 mod diagnostics;
 mod error;
 mod reload;
+mod tap;
+mod tree;
 mod validate;
 
 use std::fmt;
@@ -22,6 +27,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Problem};
+pub use tap::{
+    ForwardMode, ForwardingSection, GatewaySection, NbdSection, TapConfig, TapDisk, TapSection,
+    TAP_DEFAULT_PATH, TAP_EXAMPLE,
+};
 
 /// The commented example config: every field at its default. Parses to
 /// [`Config::default`].
@@ -40,6 +49,7 @@ pub struct Config {
     pub replication: ReplicationConfig,
     pub control: ControlConfig,
     pub volumes: VolumesConfig,
+    pub staging: StagingSettings,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -50,7 +60,7 @@ pub struct Config {
 pub struct ApplianceConfig {
     /// 1..=63 of `[A-Za-z0-9._-]`. Default: the hostname, or `drgw` if the
     /// hostname is not a valid name. Needs restart.
-    #[serde(deserialize_with = "validate::appliance_name")]
+    #[serde(deserialize_with = "validate::name")]
     pub name: String,
     /// Absolute; holds the identity key and certificate and the catalog.
     /// Needs restart.
@@ -120,10 +130,38 @@ pub struct ShutdownConfig {
     pub drain_timeout_ms: u32,
 }
 
+/// `[staging]`: how the source gateway stages each consistency group's
+/// writes on the cache volume (`crate::staging::StagingConfig` is built from
+/// it). All need restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StagingSettings {
+    /// Most bytes of staging one consistency group may hold, 64 MiB..=16 TiB.
+    #[serde(deserialize_with = "validate::staging_capacity_bytes")]
+    pub capacity_bytes: u64,
+    /// Size of each segment file, 4 MiB..=1 GiB, a multiple of 4096, at
+    /// most `capacity_bytes / 2`.
+    #[serde(deserialize_with = "validate::staging_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Encrypt staged data at rest (AES-256-GCM) with the key in
+    /// `<state_dir>/staging.key`, generated (mode 0600) at first start.
+    pub encrypt: bool,
+}
+
+impl Default for StagingSettings {
+    fn default() -> Self {
+        Self {
+            capacity_bytes: 8 << 30,
+            segment_bytes: 64 << 20,
+            encrypt: false,
+        }
+    }
+}
+
 impl Default for ApplianceConfig {
     fn default() -> Self {
         Self {
-            name: default_appliance_name(),
+            name: hostname_or("drgw"),
             state_dir: PathBuf::from("/var/lib/drgw"),
         }
     }
@@ -167,13 +205,13 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// The machine's hostname if it is a valid appliance name, else `drgw`.
-fn default_appliance_name() -> String {
+/// The machine's hostname if it is a valid name, else `fallback`.
+fn hostname_or(fallback: &str) -> String {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let hostname = hostname.trim();
     match validate::name_problem(hostname) {
         None => hostname.to_owned(),
-        Some(_) => "drgw".to_owned(),
+        Some(_) => fallback.to_owned(),
     }
 }
 
@@ -233,20 +271,12 @@ impl<'de> Deserialize<'de> for LogLevel {
 impl Config {
     /// Reads and parses the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let io_error = |source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let text = read_bounded(path).map_err(io_error)?;
-        Config::parse(&text, path)
+        load_file(path)
     }
 
     /// Parses config text; `origin` only names the file in problems.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        diagnostics::parse(text).map_err(|problems| ConfigError::Invalid {
-            path: origin.to_path_buf(),
-            problems,
-        })
+        parse_file(text, origin)
     }
 
     /// Where the replication listener binds.
@@ -260,6 +290,33 @@ impl Config {
     pub fn changes_needing_restart(&self, new: &Config) -> Vec<&'static str> {
         reload::changes_needing_restart(self, new)
     }
+}
+
+impl diagnostics::Schema for Config {
+    fn missing(&self) -> Vec<validate::Missing> {
+        Vec::new()
+    }
+
+    fn relations(&self) -> Vec<validate::Relation> {
+        validate::relations(self)
+    }
+}
+
+/// Reads a config file of any type, bounded in size.
+fn load_file<T: diagnostics::Schema>(path: &Path) -> Result<T, ConfigError> {
+    let io_error = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = read_bounded(path).map_err(io_error)?;
+    parse_file(&text, path)
+}
+
+fn parse_file<T: diagnostics::Schema>(text: &str, origin: &Path) -> Result<T, ConfigError> {
+    diagnostics::parse(text).map_err(|problems| ConfigError::Invalid {
+        path: origin.to_path_buf(),
+        problems,
+    })
 }
 
 fn read_bounded(path: &Path) -> std::io::Result<String> {
@@ -276,5 +333,7 @@ fn read_bounded(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+#[cfg(test)]
+mod tap_tests;
 #[cfg(test)]
 mod tests;

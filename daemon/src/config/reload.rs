@@ -3,7 +3,8 @@
 //! Every field not listed in [`RESTART_FIELDS`] is reloadable. The appliance
 //! name is listed although the schema brief left it open: it is the identity
 //! the paired appliance and the certificate know us by, so it changes with a
-//! restart, never under live sessions.
+//! restart, never under live sessions. `[staging]` lays out the staging logs
+//! already on the cache volume, so it too changes only with a restart.
 
 use super::Config;
 
@@ -29,6 +30,15 @@ pub(super) const RESTART_FIELDS: &[(&str, Changed)] = &[
     }),
     ("control.socket", |old, new| {
         old.control.socket != new.control.socket
+    }),
+    ("staging.capacity_bytes", |old, new| {
+        old.staging.capacity_bytes != new.staging.capacity_bytes
+    }),
+    ("staging.segment_bytes", |old, new| {
+        old.staging.segment_bytes != new.staging.segment_bytes
+    }),
+    ("staging.encrypt", |old, new| {
+        old.staging.encrypt != new.staging.encrypt
     }),
 ];
 

@@ -52,11 +52,12 @@ fn schema_fields() -> Vec<(String, String)> {
     fields
 }
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "appliance",
     "replication",
     "control",
     "volumes",
+    "staging",
     "log",
     "shutdown",
 ];
@@ -94,6 +95,9 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(config.volumes.retention, Path::new("/mnt/retention"));
     assert_eq!(config.log.level, LogLevel::Info);
     assert_eq!(config.shutdown.drain_timeout_ms, 4_000);
+    assert_eq!(config.staging.capacity_bytes, 8_589_934_592);
+    assert_eq!(config.staging.segment_bytes, 67_108_864);
+    assert!(!config.staging.encrypt);
     assert_eq!(validate::name_problem(&config.appliance.name), None);
 }
 
@@ -124,6 +128,11 @@ level = "trace"
 
 [shutdown]
 drain_timeout_ms = 100
+
+[staging]
+capacity_bytes = 67108864
+segment_bytes = 33554432
+encrypt = true
 "#;
     let config = parse(text).unwrap();
     assert_eq!(config.appliance.name, "drgw-b.site_2");
@@ -141,6 +150,9 @@ drain_timeout_ms = 100
     assert_eq!(config.volumes.retention, Path::new("/retention"));
     assert_eq!(config.log.level, LogLevel::Trace);
     assert_eq!(config.shutdown.drain_timeout_ms, 100);
+    assert_eq!(config.staging.capacity_bytes, 67_108_864);
+    assert_eq!(config.staging.segment_bytes, 33_554_432);
+    assert!(config.staging.encrypt);
 }
 
 #[test]
@@ -305,6 +317,24 @@ fn wrong_type_in_each_kind_of_field() {
             "\"4s\"",
             "expected an integer, found a string",
         ),
+        (
+            "staging",
+            "capacity_bytes",
+            "\"8G\"",
+            "expected an integer, found a string",
+        ),
+        (
+            "staging",
+            "segment_bytes",
+            "6.4e7",
+            "expected an integer, found a float",
+        ),
+        (
+            "staging",
+            "encrypt",
+            "\"yes\"",
+            "expected a boolean, found a string",
+        ),
     ];
     for (section, key, value, message) in cases {
         let problem = only_problem(&format!("[{section}]\n{key} = {value}\n"));
@@ -348,6 +378,14 @@ fn each_range_at_both_ends() {
         ),
         ("replication", "connect_retry_ms_max", 1_000, 600_000, ""),
         ("shutdown", "drain_timeout_ms", 100, 60_000, ""),
+        (
+            "staging",
+            "capacity_bytes",
+            67_108_864,
+            17_592_186_044_416,
+            "segment_bytes = 4194304",
+        ),
+        ("staging", "segment_bytes", 4_194_304, 1_073_741_824, ""),
     ];
     for (section, key, min, max, context) in cases {
         let text = |value: u64| format!("[{section}]\n{context}\n{key} = {value}\n");
@@ -406,6 +444,44 @@ fn peer_timeout_relation_points_at_the_heartbeat_when_the_timeout_is_default() {
     assert_eq!(
         problem.message,
         "peer_timeout_ms 5000 must be at least 2 × heartbeat_interval_ms (10000)"
+    );
+}
+
+#[test]
+fn staging_segment_must_be_whole_blocks() {
+    let problem = only_problem("[staging]\nsegment_bytes = 67108865\n");
+    assert_eq!(
+        (problem.line, problem.column, problem.field.as_str()),
+        (2, 17, "staging.segment_bytes")
+    );
+    assert_eq!(
+        problem.message,
+        "segment_bytes 67108865 is not a multiple of 4096"
+    );
+    let config = parse("[staging]\nsegment_bytes = 4198400\n").unwrap();
+    assert_eq!(config.staging.segment_bytes, 4_194_304 + 4096);
+}
+
+#[test]
+fn staging_segment_above_half_the_capacity() {
+    let text = "[staging]\ncapacity_bytes = 134217728\nsegment_bytes = 67112960\n";
+    let problem = only_problem(text);
+    assert_eq!((problem.line, problem.column), (3, 17));
+    assert_eq!(problem.field, "staging.segment_bytes");
+    assert_eq!(
+        problem.message,
+        "segment_bytes 67112960 must be at most capacity_bytes / 2 (67108864)"
+    );
+    parse("[staging]\ncapacity_bytes = 134217728\nsegment_bytes = 67108864\n").unwrap();
+    // With the segment size at its default, the capacity is what the file set.
+    let problem = only_problem("[staging]\n\ncapacity_bytes = 67108864\n");
+    assert_eq!(
+        (problem.line, problem.field.as_str()),
+        (3, "staging.capacity_bytes")
+    );
+    assert_eq!(
+        problem.message,
+        "segment_bytes 67108864 must be at most capacity_bytes / 2 (33554432)"
     );
 }
 
@@ -611,6 +687,9 @@ fn changes_needing_restart_lists_exactly_the_restart_fields() {
         ("replication", "peer_timeout_ms", "9000", false),
         ("replication", "connect_retry_ms_max", "60000", false),
         ("control", "socket", "\"/run/other.sock\"", true),
+        ("staging", "capacity_bytes", "17179869184", true),
+        ("staging", "segment_bytes", "33554432", true),
+        ("staging", "encrypt", "true", true),
         ("volumes", "cache", "\"/cache\"", false),
         ("volumes", "retention", "\"/retention\"", false),
         ("log", "level", "\"debug\"", false),

@@ -10,14 +10,14 @@ use std::path::PathBuf;
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
+use super::tap::TapConfig;
 use super::Config;
 
 /// Longest appliance name (a DNS label's limit, so it fits a hostname).
 pub(super) const NAME_CHARS_MAX: usize = 63;
 
-pub(super) fn appliance_name<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<String, D::Error> {
+/// An appliance, tap or disk name: see [`name_problem`].
+pub(super) fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let name = String::deserialize(deserializer)?;
     match name_problem(&name) {
         None => Ok(name),
@@ -25,7 +25,7 @@ pub(super) fn appliance_name<'de, D: Deserializer<'de>>(
     }
 }
 
-/// Why `name` is not a valid appliance name, or `None` if it is one.
+/// Why `name` is not a valid name, or `None` if it is one.
 pub(super) fn name_problem(name: &str) -> Option<String> {
     const ALLOWED: &str = "allowed: 1 to 63 of A-Z a-z 0-9 . _ -";
     let chars = name.chars().count();
@@ -95,6 +95,111 @@ pub(super) fn drain_timeout_ms<'de, D: Deserializer<'de>>(
     ranged(deserializer, "drain_timeout_ms", 100, 60_000)
 }
 
+/// 64 MiB ..= 16 TiB.
+pub(super) fn staging_capacity_bytes<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u64, D::Error> {
+    ranged(deserializer, "capacity_bytes", 64 << 20, 16 << 40)
+}
+
+/// 4 MiB ..= 1 GiB, whole 4 KiB blocks (segments are written with O_DIRECT).
+/// The ceiling of half the capacity is in [`relations`].
+pub(super) fn staging_segment_bytes<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u64, D::Error> {
+    let bytes = ranged(deserializer, "segment_bytes", 4 << 20, 1 << 30)?;
+    multiple_of(bytes, "segment_bytes", 4096)
+}
+
+fn multiple_of<E: de::Error>(value: u64, name: &str, unit: u64) -> Result<u64, E> {
+    if value % unit != 0 {
+        return Err(E::custom(format!(
+            "{name} {value} is not a multiple of {unit}"
+        )));
+    }
+    Ok(value)
+}
+
+/// `HOST:PORT`: a host name or IPv4 address, or an IPv6 address in brackets,
+/// then a port in 1..=65535. Kept as written; resolved when dialing.
+pub(super) fn host_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match host_port_problem(&text) {
+        None => Ok(text),
+        Some(problem) => Err(de::Error::custom(format!(
+            "`{text}` is not HOST:PORT ({problem}), e.g. 192.0.2.1:9443 or [2001:db8::1]:9443"
+        ))),
+    }
+}
+
+fn host_port_problem(text: &str) -> Option<&'static str> {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Some("no port");
+    };
+    match port.parse::<u16>() {
+        Ok(1..) => {}
+        _ => return Some("the port must be 1..=65535"),
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let is_ipv6 = inner
+            .strip_suffix(']')
+            .is_some_and(|address| address.parse::<std::net::Ipv6Addr>().is_ok());
+        return (!is_ipv6).then_some("not an IPv6 address in brackets");
+    }
+    if host.is_empty() {
+        return Some("no host");
+    }
+    if host.contains(':') {
+        return Some("an IPv6 address goes in brackets");
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    (!host.chars().all(allowed)).then_some("the host has characters other than A-Z a-z 0-9 . - _")
+}
+
+/// A SHA-256 certificate fingerprint: 64 hex digits, `:` between them
+/// optional (`openssl x509 -fingerprint -sha256` prints `AB:CD:...`). Kept as
+/// written; `crate::tls::Fingerprint` parses every string this accepts.
+pub(super) fn fingerprint<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let digits = text.chars().filter(char::is_ascii_hexdigit).count();
+    let other = text.chars().any(|c| !c.is_ascii_hexdigit() && c != ':');
+    if digits != FINGERPRINT_DIGITS || other {
+        let other = if other {
+            " and characters other than hex digits and ':'"
+        } else {
+            ""
+        };
+        return Err(de::Error::custom(format!(
+            "fingerprint must be {FINGERPRINT_DIGITS} hex digits (SHA-256), ':' between them \
+             optional; found {digits} hex digits{other}"
+        )));
+    }
+    Ok(text)
+}
+
+/// Hex digits of a SHA-256 digest.
+const FINGERPRINT_DIGITS: usize = 64;
+
+/// 1 MiB ..= 1 GiB.
+pub(super) fn queue_bytes_max<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    ranged(deserializer, "queue_bytes_max", 1 << 20, 1 << 30)
+}
+
+/// 64 KiB ..= 16 MiB; at most `queue_bytes_max` ([`tap_relations`]).
+pub(super) fn batch_bytes_max<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    ranged(deserializer, "batch_bytes_max", 64 << 10, 16 << 20)
+}
+
+/// A power of two, 4 KiB ..= 64 MiB.
+pub(super) fn grain_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let bytes: u64 = ranged(deserializer, "grain_bytes", 4 << 10, 64 << 20)?;
+    if !bytes.is_power_of_two() {
+        let message = format!("grain_bytes {bytes} is not a power of two");
+        return Err(de::Error::custom(message));
+    }
+    Ok(bytes)
+}
+
 /// An integer within `min..=max`, whatever its sign or width in the file, so
 /// that 70000 or -1 for a `u16` reads "out of range" rather than "expected u16".
 fn ranged<'de, D, T>(deserializer: D, name: &str, min: u64, max: u64) -> Result<T, D::Error>
@@ -147,8 +252,24 @@ impl Visitor<'_> for IntegerVisitor {
 pub(super) struct Relation {
     /// Dotted names of the fields involved, the one to blame first: the
     /// problem is reported at the first of them that the file sets.
-    pub fields: &'static [&'static str],
+    pub fields: Vec<String>,
     pub message: String,
+}
+
+/// A required field that the file does not set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Missing {
+    /// Dotted name, such as `gateway.address` or `disk[1].path`.
+    pub field: String,
+    /// What is wrong and what the field is for.
+    pub message: String,
+}
+
+impl Relation {
+    fn new(fields: &[&str], message: String) -> Self {
+        let fields = fields.iter().map(|field| (*field).to_owned()).collect();
+        Self { fields, message }
+    }
 }
 
 /// Rules across fields, checked once every field is valid on its own.
@@ -157,16 +278,100 @@ pub(super) fn relations(config: &Config) -> Vec<Relation> {
     let replication = &config.replication;
     let timeout_min = replication.heartbeat_interval_ms.saturating_mul(2);
     if replication.peer_timeout_ms < timeout_min {
-        broken.push(Relation {
-            fields: &[
-                "replication.peer_timeout_ms",
-                "replication.heartbeat_interval_ms",
-            ],
-            message: format!(
-                "peer_timeout_ms {} must be at least 2 × heartbeat_interval_ms ({timeout_min})",
-                replication.peer_timeout_ms
-            ),
+        let message = format!(
+            "peer_timeout_ms {} must be at least 2 × heartbeat_interval_ms ({timeout_min})",
+            replication.peer_timeout_ms
+        );
+        let fields = [
+            "replication.peer_timeout_ms",
+            "replication.heartbeat_interval_ms",
+        ];
+        broken.push(Relation::new(&fields, message));
+    }
+    let staging = &config.staging;
+    let segment_max = staging.capacity_bytes / 2;
+    if staging.segment_bytes > segment_max {
+        let message = format!(
+            "segment_bytes {} must be at most capacity_bytes / 2 ({segment_max})",
+            staging.segment_bytes
+        );
+        let fields = ["staging.segment_bytes", "staging.capacity_bytes"];
+        broken.push(Relation::new(&fields, message));
+    }
+    broken
+}
+
+/// The tap's required fields that the file does not set: they hold the
+/// empty sentinel their serde default gives them.
+pub(super) fn tap_missing(config: &TapConfig) -> Vec<Missing> {
+    let mut missing = Vec::new();
+    let mut require = |absent: bool, field: String, what: &str| {
+        if absent {
+            let key = field.rsplit('.').next().unwrap_or_default();
+            let message = format!("required key `{key}` is missing: {what}");
+            missing.push(Missing { field, message });
+        }
+    };
+    let gateway = &config.gateway;
+    let address = "HOST:PORT of the source gateway, e.g. 192.0.2.1:9443";
+    require(
+        gateway.address.is_empty(),
+        "gateway.address".to_owned(),
+        address,
+    );
+    let fingerprint =
+        "SHA-256 fingerprint of the gateway's certificate, as `drgw pair show` prints it";
+    require(
+        gateway.fingerprint.is_empty(),
+        "gateway.fingerprint".to_owned(),
+        fingerprint,
+    );
+    for (index, disk) in config.disks.iter().enumerate() {
+        let name = "the disk's name as protected on the gateway";
+        require(disk.name.is_empty(), format!("disk[{index}].name"), name);
+        let path = "absolute path of the primary disk (a file or block device)";
+        require(
+            disk.path.as_os_str().is_empty(),
+            format!("disk[{index}].path"),
+            path,
+        );
+    }
+    if config.disks.is_empty() {
+        let message = "no [[disk]]: the tap needs at least one disk to serve".to_owned();
+        missing.push(Missing {
+            field: "disk".to_owned(),
+            message,
         });
+    }
+    missing
+}
+
+/// The tap's rules across fields: the batch fits the queue, and no two
+/// disks share a name or a path (reported at the second).
+pub(super) fn tap_relations(config: &TapConfig) -> Vec<Relation> {
+    let mut broken = Vec::new();
+    let forwarding = &config.forwarding;
+    if forwarding.batch_bytes_max > forwarding.queue_bytes_max {
+        let message = format!(
+            "batch_bytes_max {} must be at most queue_bytes_max ({})",
+            forwarding.batch_bytes_max, forwarding.queue_bytes_max
+        );
+        let fields = ["forwarding.batch_bytes_max", "forwarding.queue_bytes_max"];
+        broken.push(Relation::new(&fields, message));
+    }
+    for (index, disk) in config.disks.iter().enumerate() {
+        let earlier = &config.disks[..index];
+        let same_name = earlier.iter().position(|other| other.name == disk.name);
+        if let Some(first) = same_name.filter(|_| !disk.name.is_empty()) {
+            let message = format!("disk name `{}` is already used by disk[{first}]", disk.name);
+            broken.push(Relation::new(&[&format!("disk[{index}].name")], message));
+        }
+        let same_path = earlier.iter().position(|other| other.path == disk.path);
+        if let Some(first) = same_path.filter(|_| !disk.path.as_os_str().is_empty()) {
+            let path = disk.path.display();
+            let message = format!("disk path `{path}` is already used by disk[{first}]");
+            broken.push(Relation::new(&[&format!("disk[{index}].path")], message));
+        }
     }
     broken
 }
@@ -194,6 +399,35 @@ mod tests {
     }
 
     #[test]
+    fn host_ports() {
+        for good in [
+            "192.0.2.1:9443",
+            "gw.example:1",
+            "[2001:db8::1]:65535",
+            "[::1]:9443",
+        ] {
+            assert_eq!(host_port_problem(good), None, "{good}");
+        }
+        let bad = [
+            ("192.0.2.1", "no port"),
+            ("192.0.2.1:0", "the port must be 1..=65535"),
+            ("192.0.2.1:65536", "the port must be 1..=65535"),
+            ("192.0.2.1:", "the port must be 1..=65535"),
+            (":9443", "no host"),
+            ("2001:db8::1:9443", "an IPv6 address goes in brackets"),
+            ("[gw]:9443", "not an IPv6 address in brackets"),
+            ("[::1:9443", "not an IPv6 address in brackets"),
+            (
+                "gw example:9443",
+                "the host has characters other than A-Z a-z 0-9 . - _",
+            ),
+        ];
+        for (text, problem) in bad {
+            assert_eq!(host_port_problem(text), Some(problem), "{text}");
+        }
+    }
+
+    #[test]
     fn defaults_break_no_relation() {
         assert_eq!(relations(&Config::default()), vec![]);
     }
@@ -210,6 +444,22 @@ mod tests {
         assert_eq!(
             broken[0].message,
             "peer_timeout_ms 3999 must be at least 2 × heartbeat_interval_ms (4000)"
+        );
+    }
+
+    #[test]
+    fn segment_may_be_half_the_capacity() {
+        let mut config = Config::default();
+        config.staging.capacity_bytes = 128 << 20;
+        config.staging.segment_bytes = 64 << 20;
+        assert_eq!(relations(&config), vec![]);
+        config.staging.segment_bytes = (64 << 20) + 4096;
+        let broken = relations(&config);
+        assert_eq!(broken.len(), 1);
+        assert_eq!(broken[0].fields[0], "staging.segment_bytes");
+        assert_eq!(
+            broken[0].message,
+            "segment_bytes 67112960 must be at most capacity_bytes / 2 (67108864)"
         );
     }
 }

@@ -1,5 +1,6 @@
 use super::protocol::{PairInfo, Request};
 use crate::appliance::Appliance;
+use crate::catalog::ProtectedDisk;
 use crate::clock;
 use crate::status;
 use crate::tls::{Fingerprint, PeerKind, PinnedPeer};
@@ -21,6 +22,13 @@ pub async fn handle(
             fingerprint,
         } => pair_add(&appliance, name, kind, address, fingerprint).map(to_value)?,
         Request::PairRemove { name } => pair_remove(&appliance, &name).map(to_value)?,
+        Request::Protect {
+            disk,
+            group,
+            tap,
+            size_bytes,
+        } => protect(&appliance, &disk, &group, &tap, size_bytes).map(to_value)?,
+        Request::Unprotect { disk } => unprotect(&appliance, &disk).map(to_value)?,
     })
     .await;
     outcome.map_err(|error| format!("request handler failed: {error}"))?
@@ -94,6 +102,57 @@ fn pair_remove(appliance: &Appliance, name: &str) -> Result<PinnedPeer, String> 
         .map_err(|error| error.to_string())?;
     appliance.links.forget(name);
     tracing::info!(peer = %name, "peer unpaired");
+    Ok(removed)
+}
+
+fn protect(
+    appliance: &Appliance,
+    disk: &str,
+    group: &str,
+    tap: &str,
+    size_bytes: u64,
+) -> Result<ProtectedDisk, String> {
+    validate_name(disk).map_err(|error| error.replace("peer name", "disk name"))?;
+    validate_name(group).map_err(|error| error.replace("peer name", "group name"))?;
+    match appliance
+        .pins
+        .all()
+        .into_iter()
+        .find(|peer| peer.name == tap)
+    {
+        Some(peer) if peer.kind == PeerKind::Tap => {}
+        Some(_) => return Err(format!("{tap} is paired as an appliance, not a tap")),
+        None => {
+            return Err(format!(
+                "no tap named {tap} is paired (see `drgw pair add --tap`)"
+            ))
+        }
+    }
+    if size_bytes == 0 || size_bytes % 512 != 0 {
+        return Err(format!(
+            "disk size {size_bytes} must be a positive multiple of 512 bytes"
+        ));
+    }
+    let protected = appliance
+        .catalog
+        .protect_disk(disk, group, tap, size_bytes)
+        .map_err(|error| error.to_string())?;
+    appliance
+        .refresh_disks()
+        .map_err(|error| error.to_string())?;
+    tracing::info!(disk, group, tap, size_bytes, "disk protected");
+    Ok(protected)
+}
+
+fn unprotect(appliance: &Appliance, disk: &str) -> Result<ProtectedDisk, String> {
+    let removed = appliance
+        .catalog
+        .unprotect_disk(disk)
+        .map_err(|error| error.to_string())?;
+    appliance
+        .refresh_disks()
+        .map_err(|error| error.to_string())?;
+    tracing::info!(disk, "disk unprotected");
     Ok(removed)
 }
 

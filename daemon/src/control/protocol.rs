@@ -20,6 +20,17 @@ pub enum Request {
     PairRemove {
         name: String,
     },
+    /// Protect a disk: the named tap may attach it and its writes are staged
+    /// in the group's sequence.
+    Protect {
+        disk: String,
+        group: String,
+        tap: String,
+        size_bytes: u64,
+    },
+    Unprotect {
+        disk: String,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

@@ -9,8 +9,10 @@
 mod dialer;
 mod hello;
 mod listener;
+mod liveness;
 mod registry;
 mod session;
+mod tap_session;
 
 pub use dialer::{dials, run_dialers};
 pub use listener::{bind, run_listener};

@@ -6,13 +6,13 @@
 //! writer, so every frame it sends is whole.
 
 use super::hello;
+use super::liveness::Liveness;
 use super::registry::{Direction, SessionInfo};
 use crate::appliance::Appliance;
-use crate::clock;
-use crate::tls::PinnedPeer;
-use crate::wire::{self, ErrorCode, ErrorFrame, Frame, Heartbeat, ReadError};
+use crate::tls::{PeerKind, PinnedPeer};
+use crate::wire::{self, ErrorCode, ErrorFrame, Frame, ReadError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,12 @@ pub enum SessionError {
     Silent { silent_ms: u128, timeout_ms: u128 },
     #[error("peer sent {0}, which this link does not accept")]
     Unexpected(wire::FrameKind),
+    #[error("{0}")]
+    NotProtected(String),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Ingest(crate::ingest::IngestError),
 }
 
 /// Who is on the other end and how we got there.
@@ -85,7 +91,7 @@ where
             remote_name: version.2,
             protocol_version: version.0,
         };
-        heartbeat_loop(&mut writer, &mut inbox, &context, info).await
+        session_loop(&mut writer, &mut inbox, &context, info).await
     }
     .await;
     reader_task.abort();
@@ -109,6 +115,9 @@ async fn finish<S: AsyncWrite>(writer: &mut WriteHalf<S>, result: &Result<(), Se
             Some((ErrorCode::UnexpectedFrame, result_text(result)))
         }
         Err(SessionError::RoleMismatch { .. }) => Some((ErrorCode::NotPaired, result_text(result))),
+        Err(SessionError::NotProtected(_)) => Some((ErrorCode::NotProtected, result_text(result))),
+        Err(SessionError::Protocol(_)) => Some((ErrorCode::UnexpectedFrame, result_text(result))),
+        Err(SessionError::Ingest(_)) => Some((ErrorCode::Internal, result_text(result))),
         Err(_) => None,
     };
     if let Some((code, message)) = reply {
@@ -158,9 +167,9 @@ async fn read_loop<S: AsyncRead>(
     }
 }
 
-type Inbox = mpsc::Receiver<Result<Frame, SessionError>>;
+pub(super) type Inbox = mpsc::Receiver<Result<Frame, SessionError>>;
 
-async fn next_frame(inbox: &mut Inbox) -> Result<Frame, SessionError> {
+pub(super) async fn next_frame(inbox: &mut Inbox) -> Result<Frame, SessionError> {
     match inbox.recv().await {
         Some(Ok(Frame::Error(error))) => Err(SessionError::PeerError {
             code: error.code,
@@ -216,7 +225,34 @@ async fn exchange_hello<S: AsyncWrite>(
     Ok((version, remote_id, theirs.name))
 }
 
-async fn heartbeat_loop<S: AsyncWrite>(
+/// A link between appliances: heartbeats only, until the transceiver
+/// carries data on it.
+async fn appliance_loop<S: AsyncWrite>(
+    writer: &mut WriteHalf<S>,
+    inbox: &mut Inbox,
+    context: &SessionContext,
+    liveness: &mut Liveness,
+) -> Result<(), SessionError> {
+    let appliance = &context.appliance;
+    loop {
+        tokio::select! {
+            _ = context.cancel.cancelled() => return Ok(()),
+            due = liveness.due() => if due.is_some() {
+                let beat = liveness.heartbeat()?;
+                wire::write_frame(writer, &Frame::Heartbeat(beat)).await?;
+            },
+            frame = next_frame(inbox) => match frame? {
+                Frame::Heartbeat(beat) => {
+                    let round_trip_us = liveness.received(&beat);
+                    appliance.links.heartbeat_received(&context.peer.name, round_trip_us);
+                }
+                other => return Err(SessionError::Unexpected(other.kind())),
+            },
+        }
+    }
+}
+
+async fn session_loop<S: AsyncWrite>(
     writer: &mut WriteHalf<S>,
     inbox: &mut Inbox,
     context: &SessionContext,
@@ -229,47 +265,10 @@ async fn heartbeat_loop<S: AsyncWrite>(
     let number = appliance
         .links
         .session_started(name, info, context.cancel.clone());
-    let mut settings = appliance.settings.subscribe();
-    let mut interval = tokio::time::interval(settings.borrow().heartbeat_interval);
-    let mut last_seen = Instant::now();
-    // The peer's last heartbeat timestamp and when it arrived: echoed back
-    // advanced by the time we held it, so the peer measures the network
-    // round trip alone, not our heartbeat phase.
-    let mut echo: Option<(u64, Instant)> = None;
-    let result = loop {
-        let timeout = settings.borrow().peer_timeout;
-        tokio::select! {
-            _ = context.cancel.cancelled() => break Ok(()),
-            _ = settings.changed() => {
-                interval = tokio::time::interval(settings.borrow().heartbeat_interval);
-            }
-            _ = interval.tick() => {
-                if last_seen.elapsed() > timeout {
-                    break Err(SessionError::Silent {
-                        silent_ms: last_seen.elapsed().as_millis(),
-                        timeout_ms: timeout.as_millis(),
-                    });
-                }
-                let echo_unix_ns = echo.map_or(0, |(sent, held)| {
-                    sent.saturating_add(u64::try_from(held.elapsed().as_nanos()).unwrap_or(u64::MAX))
-                });
-                let beat = Heartbeat { sent_unix_ns: clock::unix_nanos(), echo_unix_ns };
-                if let Err(error) = wire::write_frame(writer, &Frame::Heartbeat(beat)).await {
-                    break Err(error.into());
-                }
-            }
-            frame = next_frame(inbox) => match frame {
-                Ok(Frame::Heartbeat(beat)) => {
-                    last_seen = Instant::now();
-                    echo = Some((beat.sent_unix_ns, last_seen));
-                    let round_trip_us = (beat.echo_unix_ns != 0)
-                        .then(|| clock::unix_nanos().saturating_sub(beat.echo_unix_ns) / 1000);
-                    appliance.links.heartbeat_received(name, round_trip_us);
-                }
-                Ok(other) => break Err(SessionError::Unexpected(other.kind())),
-                Err(error) => break Err(error),
-            },
-        }
+    let mut liveness = Liveness::new(appliance.settings.subscribe());
+    let result = match context.peer.kind {
+        PeerKind::Appliance => appliance_loop(writer, inbox, context, &mut liveness).await,
+        PeerKind::Tap => super::tap_session::run(writer, inbox, context, &mut liveness).await,
     };
     let reason = result.as_ref().err().map(|error| error.to_string());
     match &reason {

@@ -4,14 +4,15 @@
 //! ERROR(ShuttingDown), lets in-flight requests finish (bounded by
 //! `shutdown.drain_timeout_ms`) and exits 0.
 
-mod notify;
-mod signals;
-mod state_lock;
+pub(crate) mod notify;
+pub(crate) mod signals;
+pub(crate) mod state_lock;
 
 use crate::appliance::{Appliance, Settings};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlError};
+use crate::ingest::Ingest;
 use crate::logging::{self, LogControl};
 use crate::tls::{self, Identity, PinStore, TlsError};
 use crate::{clock, fsutil, link};
@@ -84,6 +85,11 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
     let listen_address = listener.local_addr().unwrap_or(address);
     let control_listener = control::bind(&config.control.socket).await?;
     let tls_config = tls::server_config(&identity, pins.clone())?;
+    let ingest = Arc::new(Ingest::new(
+        config.volumes.cache.clone(),
+        config.staging.capacity_bytes,
+        catalog.disks()?,
+    ));
     let appliance = Arc::new(Appliance {
         id,
         name: config.appliance.name.clone(),
@@ -92,6 +98,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         pins,
         links: Default::default(),
         refusals: Default::default(),
+        ingest,
         listen_address,
         max_frame_bytes: config.replication.max_frame_bytes,
         started: Instant::now(),

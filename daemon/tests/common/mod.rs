@@ -320,3 +320,247 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Deterministic incompressible bytes (xorshift64*), for test payloads.
+pub fn pseudo_random(seed: u64, length: usize) -> Vec<u8> {
+    let mut state = seed.max(1);
+    let mut bytes = Vec::with_capacity(length + 8);
+    while bytes.len() < length {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        bytes.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    bytes.truncate(length);
+    bytes
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A `drgw tap` process serving one primary file, paired with and
+/// protected on `gateway`.
+pub struct Tap {
+    pub directory: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub primary: PathBuf,
+    pub port: u16,
+    pub disk: String,
+    pub log_path: PathBuf,
+    pub group_id: u64,
+    child: Option<Child>,
+}
+
+impl Tap {
+    pub fn start(gateway: &Daemon, disk: &str, size_bytes: u64, mode: &str) -> Tap {
+        let directory = tempfile::tempdir().unwrap();
+        let primary = directory.path().join("primary.img");
+        fs::File::create(&primary)
+            .unwrap()
+            .set_len(size_bytes)
+            .unwrap();
+        let port = free_port();
+        let config_path = directory.path().join("tap.toml");
+        let text = format!(
+            "[tap]\nname = \"tap-1\"\nstate_dir = \"{state}\"\n\n\
+             [gateway]\naddress = \"{gateway}\"\nfingerprint = \"{fingerprint}\"\n\n\
+             [nbd]\naddress = \"127.0.0.1\"\nport = {port}\n\n\
+             [log]\nlevel = \"debug\"\n\n\
+             [[disk]]\nname = \"{disk}\"\npath = \"{primary}\"\nmode = \"{mode}\"\ngrain_bytes = 65536\n",
+            state = directory.path().join("state").display(),
+            gateway = gateway.address(),
+            fingerprint = gateway.fingerprint(),
+            primary = primary.display(),
+        );
+        fs::write(&config_path, text).unwrap();
+        let output = Command::new(BINARY)
+            .arg("--config")
+            .arg(&config_path)
+            .args(["tap", "--print-fingerprint"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).unwrap();
+        let fingerprint = text
+            .lines()
+            .find_map(|line| line.strip_prefix("fingerprint"))
+            .unwrap()
+            .trim()
+            .to_string();
+        gateway.cli_ok(&[
+            "pair",
+            "add",
+            "--name",
+            "tap-1",
+            "--tap",
+            "--fingerprint",
+            &fingerprint,
+        ]);
+        let protected = gateway.cli_ok(&[
+            "protect",
+            disk,
+            "--group",
+            "group-1",
+            "--tap",
+            "tap-1",
+            "--size",
+            &size_bytes.to_string(),
+            "--json",
+        ]);
+        let protected: serde_json::Value = serde_json::from_str(&protected).unwrap();
+        let mut tap = Tap {
+            log_path: directory.path().join("tap.log"),
+            directory,
+            config_path,
+            primary,
+            port,
+            disk: disk.to_string(),
+            group_id: protected["group_id"].as_u64().unwrap(),
+            child: None,
+        };
+        tap.spawn();
+        let name = disk.to_string();
+        gateway.wait_for("the tap to attach", Duration::from_secs(20), |status| {
+            status["protected_disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["name"] == name.as_str() && d["attached"] == true)
+        });
+        tap
+    }
+
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(BINARY)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("tap")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tap did not listen:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("nbd://127.0.0.1:{}/{}", self.port, self.disk)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let path = self.directory.path().join("state/status.json");
+        fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until every forward is acknowledged and the dirty map is clean.
+    pub fn wait_settled(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status();
+            let settled = status["gateway_connected"] == true
+                && status["pending_bytes"] == 0
+                && status["disks"].as_array().is_some_and(|disks| {
+                    disks
+                        .iter()
+                        .all(|d| d["dirty_bytes"] == 0 && d["lost_bytes"] == 0)
+                });
+            if settled {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tap not settled: {status:#}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Replays a group's staging log into a zeroed image of `size_bytes`
+/// (the gateway must be stopped). Returns the image.
+pub fn replay_staging(gateway: &Daemon, group_id: u64, size_bytes: u64) -> Vec<u8> {
+    use drgw::staging::{RecordBody, StagingConfig, StagingLog};
+    let directory = gateway
+        .directory
+        .path()
+        .join(format!("cache/staging/group-{group_id}"));
+    let config = StagingConfig::new(&directory, group_id as u32, 1 << 40);
+    let (log, _report) = StagingLog::open(config).unwrap();
+    let mut image = vec![0u8; size_bytes as usize];
+    let runtime = runtime();
+    let mut next = 1u64;
+    loop {
+        let records = runtime.block_on(log.read_from(next, 64 << 20)).unwrap();
+        let Some(last) = records.last() else {
+            return image;
+        };
+        next = last.sequence + 1;
+        for record in records {
+            match record.body {
+                RecordBody::Write { offset, data, .. } => {
+                    image[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+                }
+                RecordBody::Trim { offset, length, .. } => {
+                    image[offset as usize..(offset + length) as usize].fill(0);
+                }
+                _ => {}
+            }
+        }
+    }
+}

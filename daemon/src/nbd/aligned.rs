@@ -1,0 +1,66 @@
+//! A heap buffer aligned for O_DIRECT. The only `unsafe` memory code of
+//! the NBD module lives here.
+
+use std::alloc::{self, Layout};
+use std::ptr::NonNull;
+
+/// Alignment of every O_DIRECT transfer (offset, length and buffer).
+pub const DIRECT_ALIGNMENT: usize = 4096;
+
+/// A zero-initialised buffer whose start is [`DIRECT_ALIGNMENT`]-aligned.
+pub struct AlignedBuffer {
+    pointer: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: the buffer is uniquely owned heap memory with no interior
+// sharing; moving it to another thread moves that ownership.
+unsafe impl Send for AlignedBuffer {}
+
+impl AlignedBuffer {
+    /// A zeroed buffer of `length_bytes` (> 0, a multiple of the alignment).
+    pub fn zeroed(length_bytes: usize) -> AlignedBuffer {
+        assert!(
+            length_bytes > 0 && length_bytes % DIRECT_ALIGNMENT == 0,
+            "aligned buffer length {length_bytes} must be a nonzero multiple of {DIRECT_ALIGNMENT}"
+        );
+        let layout = Layout::from_size_align(length_bytes, DIRECT_ALIGNMENT)
+            .expect("length and alignment checked above");
+        // SAFETY: the layout has a nonzero size (asserted above).
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let pointer = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        AlignedBuffer { pointer, layout }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `pointer` is valid for `layout.size()` initialised bytes
+        // (allocated zeroed) for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.pointer.as_ptr(), self.layout.size()) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.pointer.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with exactly this layout, freed once.
+        unsafe { alloc::dealloc(self.pointer.as_ptr(), self.layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_and_zeroed() {
+        let mut buffer = AlignedBuffer::zeroed(2 * DIRECT_ALIGNMENT);
+        assert_eq!(buffer.as_slice().as_ptr() as usize % DIRECT_ALIGNMENT, 0);
+        assert!(buffer.as_slice().iter().all(|byte| *byte == 0));
+        buffer.as_mut_slice()[4095] = 7;
+        assert_eq!(buffer.as_slice()[4095], 7);
+    }
+}

@@ -1,0 +1,643 @@
+//! The tap's link to its source gateway: a bounded queue of forwards (by
+//! bytes, counting those in flight), one TLS connection that carries them as
+//! WRITE/FLUSH/TRIM frames and receives the gateway's ACKs, and the resync
+//! pass that re-reads lost grains from the primary after every (re)connect.
+//!
+//! Nothing waits on the gateway in async mode: a forward that does not fit
+//! (no link, queue full) is dropped and its grains are marked lost; they stay
+//! dirty and the resync pass sends them again.
+
+use super::disk::TapDisk;
+use crate::nbd::BlockBackend;
+use crate::tls::{self, Fingerprint, Identity};
+use crate::wire::{self, Attach, Flush, Frame, Hello, Role, Trim, WriteBatch, WriteRecord};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Bookkeeping bytes counted per queued item besides its data.
+const ITEM_OVERHEAD_BYTES: usize = 64;
+
+pub enum Payload {
+    Write { offset: u64, data: Vec<u8> },
+    Trim { offset: u64, length: u64 },
+    Flush,
+}
+
+pub struct Item {
+    pub disk: u32,
+    pub payload: Payload,
+    /// Told `true` when the gateway acknowledged, `false` if it never will.
+    pub waiter: Option<oneshot::Sender<bool>>,
+}
+
+impl Item {
+    fn range(&self) -> (u64, u64) {
+        match &self.payload {
+            Payload::Write { offset, data } => (*offset, data.len() as u64),
+            Payload::Trim { offset, length } => (*offset, *length),
+            Payload::Flush => (0, 0),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        ITEM_OVERHEAD_BYTES
+            + match &self.payload {
+                Payload::Write { data, .. } => data.len(),
+                _ => 0,
+            }
+    }
+}
+
+struct InFlight {
+    sequence: u64,
+    disk: u32,
+    range: (u64, u64),
+    bytes: usize,
+    waiter: Option<oneshot::Sender<bool>>,
+}
+
+struct Queue {
+    items: VecDeque<Item>,
+    /// Queued plus in flight.
+    bytes: usize,
+    connected: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct ForwarderCounters {
+    pub forwarded_records: AtomicU64,
+    pub acknowledged_records: AtomicU64,
+    pub dropped_records: AtomicU64,
+    pub resynced_bytes: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+pub struct GatewayTarget {
+    pub address: String,
+    pub fingerprint: Fingerprint,
+    pub tap_name: String,
+}
+
+pub struct Forwarder {
+    disks: Vec<Arc<TapDisk>>,
+    queue: Mutex<Queue>,
+    more: Notify,
+    room: Notify,
+    /// Something was lost: the resync pass has work.
+    lost: Notify,
+    bytes_max: usize,
+    batch_bytes_max: usize,
+    pub counters: ForwarderCounters,
+}
+
+impl Forwarder {
+    pub fn new(disks: Vec<Arc<TapDisk>>, bytes_max: usize, batch_bytes_max: usize) -> Forwarder {
+        Forwarder {
+            disks,
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                bytes: 0,
+                connected: false,
+            }),
+            more: Notify::new(),
+            room: Notify::new(),
+            lost: Notify::new(),
+            bytes_max,
+            batch_bytes_max,
+            counters: ForwarderCounters::default(),
+        }
+    }
+
+    pub fn disks(&self) -> &[Arc<TapDisk>] {
+        &self.disks
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn connected(&self) -> bool {
+        self.queue().connected
+    }
+
+    /// Bytes queued or in flight, not yet acknowledged.
+    pub fn pending_bytes(&self) -> usize {
+        self.queue().bytes
+    }
+
+    /// Queues `item` when the link is up and it fits; hands it back if not.
+    /// The caller has already counted it in the disk's tracker (`queued`).
+    pub fn offer(&self, item: Item) -> Result<(), Item> {
+        let mut queue = self.queue();
+        if !queue.connected || queue.bytes + item.bytes() > self.bytes_max {
+            self.counters
+                .dropped_records
+                .fetch_add(1, Ordering::Relaxed);
+            self.lost.notify_one();
+            return Err(item);
+        }
+        queue.bytes += item.bytes();
+        queue.items.push_back(item);
+        drop(queue);
+        self.more.notify_one();
+        Ok(())
+    }
+
+    /// Queues `item`, waiting for room; hands it back if the link goes down.
+    pub async fn push_waiting(&self, item: Item) -> Result<(), Item> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut queue = self.queue();
+                if !queue.connected {
+                    return Err(item);
+                }
+                if queue.bytes + item.bytes() <= self.bytes_max || queue.bytes == 0 {
+                    queue.bytes += item.bytes();
+                    queue.items.push_back(item);
+                    drop(queue);
+                    self.more.notify_one();
+                    return Ok(());
+                }
+            }
+            room.await;
+        }
+    }
+
+    fn release(&self, bytes: usize) {
+        let mut queue = self.queue();
+        queue.bytes -= bytes;
+        drop(queue);
+        self.room.notify_waiters();
+    }
+
+    /// A forward will never be acknowledged: its grains are lost.
+    fn lose(
+        &self,
+        disk: u32,
+        range: (u64, u64),
+        bytes: usize,
+        waiter: Option<oneshot::Sender<bool>>,
+    ) {
+        if let Some(disk) = self.disks.get(disk as usize) {
+            disk.tracker.lost(range.0, range.1);
+        }
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(false);
+        }
+        self.release(bytes);
+        self.lost.notify_one();
+    }
+
+    fn set_connected(&self, connected: bool) {
+        let drained: Vec<Item> = {
+            let mut queue = self.queue();
+            queue.connected = connected;
+            if connected {
+                Vec::new()
+            } else {
+                queue.items.drain(..).collect()
+            }
+        };
+        for item in drained {
+            let bytes = item.bytes();
+            let range = item.range();
+            self.lose(item.disk, range, bytes, item.waiter);
+        }
+        self.room.notify_waiters();
+    }
+
+    /// Keeps the link up until `cancel`, reconnecting with backoff.
+    pub async fn run(
+        self: Arc<Self>,
+        target: GatewayTarget,
+        identity: Arc<Identity>,
+        cancel: CancellationToken,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        let mut last_error = String::new();
+        while !cancel.is_cancelled() {
+            let started = Instant::now();
+            let result = self.connect_and_serve(&target, &identity, &cancel).await;
+            self.set_connected(false);
+            match result {
+                Ok(()) => return,
+                Err(error) => {
+                    let text = error.to_string();
+                    if text != last_error {
+                        tracing::warn!(gateway = %target.address, reason = %text, "link to gateway down; retrying");
+                        last_error = text;
+                    }
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn connect_and_serve(
+        self: &Arc<Self>,
+        target: &GatewayTarget,
+        identity: &Identity,
+        cancel: &CancellationToken,
+    ) -> Result<(), TapLinkError> {
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(&target.address),
+        )
+        .await
+        .map_err(|_| TapLinkError::Timeout)??;
+        let _ = tcp.set_nodelay(true);
+        let config = tls::client_config(identity, target.fingerprint)
+            .map_err(|e| TapLinkError::Tls(e.to_string()))?;
+        let name =
+            rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid DNS name");
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| TapLinkError::Timeout)?
+        .map_err(|error| TapLinkError::Tls(tls::describe_handshake_error(&error)))?;
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
+        self.serve(stream, target, cancel).await
+    }
+
+    async fn serve<S>(
+        self: &Arc<Self>,
+        stream: S,
+        target: &GatewayTarget,
+        cancel: &CancellationToken,
+    ) -> Result<(), TapLinkError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (reader, mut writer) = tokio::io::split(stream);
+        let (inbox_sender, mut inbox) = mpsc::channel(16);
+        let reader_task = tokio::spawn(read_loop(reader, inbox_sender));
+        let result = async {
+            self.handshake(&mut writer, &mut inbox, target).await?;
+            self.set_connected(true);
+            tracing::info!(gateway = %target.address, disks = self.disks.len(), "linked to gateway; disks attached");
+            let resync_cancel = cancel.child_token();
+            let resync = tokio::spawn(self.clone().resync(resync_cancel.clone()));
+            let result = self.stream(&mut writer, &mut inbox, cancel).await;
+            resync_cancel.cancel();
+            let _ = resync.await;
+            result
+        }
+        .await;
+        reader_task.abort();
+        let _ = writer.shutdown().await;
+        result
+    }
+
+    async fn handshake<S: AsyncWrite>(
+        &self,
+        writer: &mut WriteHalf<S>,
+        inbox: &mut Inbox,
+        target: &GatewayTarget,
+    ) -> Result<(), TapLinkError> {
+        let hello = Hello {
+            version_min: wire::PROTOCOL_VERSION_MIN,
+            version_max: wire::PROTOCOL_VERSION_MAX,
+            role: Role::Tap,
+            appliance_id: [0; 16],
+            name: target.tap_name.clone(),
+            software: format!("drgw {}", env!("CARGO_PKG_VERSION")),
+        };
+        wire::write_frame(writer, &Frame::Hello(hello)).await?;
+        match expect(inbox).await? {
+            Frame::Hello(_) => {}
+            other => {
+                return Err(TapLinkError::Protocol(format!(
+                    "expected HELLO, got {}",
+                    other.kind()
+                )))
+            }
+        }
+        for (number, disk) in self.disks.iter().enumerate() {
+            let attach = Attach {
+                disk: number as u32,
+                size_bytes: disk.size_bytes,
+                name: disk.name.clone(),
+            };
+            wire::write_frame(writer, &Frame::Attach(attach.clone())).await?;
+            match expect(inbox).await? {
+                Frame::Attach(answer) if answer == attach => {}
+                other => {
+                    return Err(TapLinkError::Protocol(format!(
+                        "expected ATTACH of {}, got {}",
+                        disk.name,
+                        other.kind()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends queued forwards and settles them as ACKs arrive.
+    async fn stream<S: AsyncWrite>(
+        &self,
+        writer: &mut WriteHalf<S>,
+        inbox: &mut Inbox,
+        cancel: &CancellationToken,
+    ) -> Result<(), TapLinkError> {
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut sequence_next = 1u64;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        let mut last_seen = Instant::now();
+        let result = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(()),
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() > PEER_TIMEOUT {
+                        break Err(TapLinkError::Silent);
+                    }
+                    let beat = wire::Heartbeat { sent_unix_ns: crate::clock::unix_nanos(), echo_unix_ns: 0 };
+                    if let Err(error) = wire::write_frame(writer, &Frame::Heartbeat(beat)).await {
+                        break Err(error.into());
+                    }
+                }
+                frame = expect(inbox) => {
+                    last_seen = Instant::now();
+                    match frame {
+                        Ok(Frame::Ack(ack)) => self.settle(&mut in_flight, ack.sequence_durable),
+                        Ok(Frame::Heartbeat(_)) => {}
+                        Ok(other) => break Err(TapLinkError::Protocol(format!("unexpected {}", other.kind()))),
+                        Err(error) => break Err(error),
+                    }
+                }
+                _ = self.wait_for_items() => {
+                    let items = self.take_batch();
+                    if let Err(error) = self.send(writer, items, &mut in_flight, &mut sequence_next).await {
+                        break Err(error);
+                    }
+                }
+            }
+        };
+        for entry in in_flight {
+            self.lose(entry.disk, entry.range, entry.bytes, entry.waiter);
+        }
+        result
+    }
+
+    async fn wait_for_items(&self) {
+        loop {
+            let more = self.more.notified();
+            tokio::pin!(more);
+            more.as_mut().enable();
+            if !self.queue().items.is_empty() {
+                return;
+            }
+            more.await;
+        }
+    }
+
+    fn take_batch(&self) -> Vec<Item> {
+        let mut queue = self.queue();
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        while let Some(item) = queue.items.front() {
+            if !items.is_empty() && bytes + item.bytes() > self.batch_bytes_max {
+                break;
+            }
+            bytes += item.bytes();
+            items.push(queue.items.pop_front().expect("front exists"));
+        }
+        items
+    }
+
+    /// Frames the items in order (runs of writes share a WRITE frame).
+    async fn send<S: AsyncWrite>(
+        &self,
+        writer: &mut WriteHalf<S>,
+        items: Vec<Item>,
+        in_flight: &mut VecDeque<InFlight>,
+        sequence_next: &mut u64,
+    ) -> Result<(), TapLinkError> {
+        let mut writes: Vec<WriteRecord> = Vec::new();
+        let mut frames: Vec<Frame> = Vec::new();
+        let sent = items.len() as u64;
+        for item in items {
+            let sequence = *sequence_next;
+            *sequence_next += 1;
+            in_flight.push_back(InFlight {
+                sequence,
+                disk: item.disk,
+                range: item.range(),
+                bytes: item.bytes(),
+                waiter: item.waiter,
+            });
+            match item.payload {
+                Payload::Write { offset, data } => writes.push(WriteRecord {
+                    disk: item.disk,
+                    sequence,
+                    offset,
+                    data,
+                }),
+                other => {
+                    if !writes.is_empty() {
+                        frames.push(Frame::Write(WriteBatch {
+                            writes: std::mem::take(&mut writes),
+                        }));
+                    }
+                    frames.push(match other {
+                        Payload::Trim { offset, length } => Frame::Trim(Trim {
+                            disk: item.disk,
+                            sequence,
+                            offset,
+                            length,
+                        }),
+                        _ => Frame::Flush(Flush {
+                            disk: item.disk,
+                            sequence,
+                        }),
+                    });
+                }
+            }
+        }
+        if !writes.is_empty() {
+            frames.push(Frame::Write(WriteBatch { writes }));
+        }
+        for frame in &frames {
+            wire::write_frame(writer, frame).await?;
+        }
+        self.counters
+            .forwarded_records
+            .fetch_add(sent, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn settle(&self, in_flight: &mut VecDeque<InFlight>, through: u64) {
+        while in_flight
+            .front()
+            .is_some_and(|entry| entry.sequence <= through)
+        {
+            let entry = in_flight.pop_front().expect("front exists");
+            if let Some(disk) = self.disks.get(entry.disk as usize) {
+                disk.tracker.acknowledged(entry.range.0, entry.range.1);
+            }
+            if let Some(waiter) = entry.waiter {
+                let _ = waiter.send(true);
+            }
+            self.counters
+                .acknowledged_records
+                .fetch_add(1, Ordering::Relaxed);
+            self.release(entry.bytes);
+        }
+    }
+
+    /// Re-reads every lost grain from the primary and forwards it, under the
+    /// disk's range lock so that live writes stay ordered around it; then
+    /// waits for more to be lost, for as long as the link is up.
+    async fn resync(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let lost = self.lost.notified();
+            tokio::pin!(lost);
+            lost.as_mut().enable();
+            for (number, disk) in self.disks.iter().enumerate() {
+                loop {
+                    let ranges = disk.tracker.lost_ranges(256);
+                    if ranges.is_empty() || cancel.is_cancelled() {
+                        break;
+                    }
+                    let total: u64 = ranges.iter().map(|(_, length)| length).sum();
+                    tracing::info!(disk = %disk.name, bytes = total, "resynchronising lost regions");
+                    for (offset, length) in ranges {
+                        if !self
+                            .resync_range(number as u32, disk, offset, length, &cancel)
+                            .await
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = lost => {}
+            }
+        }
+    }
+
+    async fn resync_range(
+        &self,
+        number: u32,
+        disk: &TapDisk,
+        offset: u64,
+        length: u64,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let grain = disk.tracker.grain_bytes();
+        let chunk_max = (self.batch_bytes_max as u64 / grain).max(1) * grain;
+        let mut position = offset;
+        while position < offset + length {
+            if cancel.is_cancelled() {
+                return false;
+            }
+            let chunk = chunk_max.min(offset + length - position);
+            let guard = disk.ranges.lock(position, position + chunk).await;
+            let data = match disk.primary.read(position, chunk as u32).await {
+                Ok(data) => data,
+                Err(error) => {
+                    tracing::error!(disk = %disk.name, %error, "resync cannot read the primary");
+                    return false;
+                }
+            };
+            disk.tracker.queued(position, chunk, true);
+            let item = Item {
+                disk: number,
+                payload: Payload::Write {
+                    offset: position,
+                    data,
+                },
+                waiter: None,
+            };
+            let queued = self.push_waiting(item).await;
+            drop(guard);
+            if let Err(item) = queued {
+                let range = item.range();
+                disk.tracker.lost(range.0, range.1);
+                return false;
+            }
+            self.counters
+                .resynced_bytes
+                .fetch_add(chunk, Ordering::Relaxed);
+            position += chunk;
+        }
+        true
+    }
+}
+
+type Inbox = mpsc::Receiver<Result<Frame, TapLinkError>>;
+
+async fn read_loop<R: AsyncRead>(
+    mut reader: tokio::io::ReadHalf<R>,
+    inbox: mpsc::Sender<Result<Frame, TapLinkError>>,
+) {
+    loop {
+        let item = match wire::read_frame(&mut reader, wire::BODY_BYTES_DEFAULT).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(TapLinkError::Closed),
+            Err(error) => Err(TapLinkError::Read(error.to_string())),
+        };
+        let stop = item.is_err();
+        if inbox.send(item).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+async fn expect(inbox: &mut Inbox) -> Result<Frame, TapLinkError> {
+    match tokio::time::timeout(PEER_TIMEOUT, inbox.recv()).await {
+        Err(_) => Err(TapLinkError::Silent),
+        Ok(None) => Err(TapLinkError::Closed),
+        Ok(Some(Ok(Frame::Error(error)))) => Err(TapLinkError::Refused(format!(
+            "{}: {}",
+            error.code, error.message
+        ))),
+        Ok(Some(item)) => item,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TapLinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("connecting timed out")]
+    Timeout,
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("gateway refused: {0}")]
+    Refused(String),
+    #[error("reading from the gateway: {0}")]
+    Read(String),
+    #[error("sending to the gateway: {0}")]
+    Write(#[from] wire::WriteError),
+    #[error("gateway closed the connection")]
+    Closed,
+    #[error("gateway silent for {} s", PEER_TIMEOUT.as_secs())]
+    Silent,
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
