@@ -94,3 +94,128 @@ link_state() {
 }
 link_is() { [ "$(link_state "$1" "$2")" = "$3" ]; }
 link_is_not() { [ "$(link_state "$1" "$2")" != "$3" ]; }
+
+# --- a source gateway with a tap on loopback (kill -9 tests) ---------------
+
+# python_with_nbd: a python3 that can import libnbd's binding (python3-libnbd
+# installs it for the system python, which a pyenv shim may hide).
+python_with_nbd() {
+  local candidate
+  for candidate in ${PYTHON:-} /usr/bin/python3 python3; do
+    "$candidate" -c "import nbd" >/dev/null 2>&1 && { echo "$candidate"; return 0; }
+  done
+  return 1
+}
+
+# free_port: a TCP port free on loopback at the moment of asking
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# signal_pidfile FILE [SIGNAL] [PATTERN]: signals the process FILE names, only
+# if it is still alive and its command line still holds PATTERN (default
+# $DRGW_BIN): never a reused pid
+signal_pidfile() {
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 0
+  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "${3:-$DRGW_BIN}" || return 0
+  kill -"${2:-KILL}" "$pid" 2>/dev/null || true
+}
+
+# stop_pidfile FILE SIGNAL [SECONDS] [PATTERN]: signals and waits for the exit
+# (of a child of this shell); fails the test if it outlives SECONDS (default 30)
+stop_pidfile() {
+  local file=$1 signal=$2 limit=${3:-30} pid
+  pid=$(cat "$file")
+  signal_pidfile "$file" "$signal" "${4:-$DRGW_BIN}"
+  local deadline=$((SECONDS + limit))
+  while kill -0 "$pid" 2>/dev/null && [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do
+    ((SECONDS < deadline)) || fail "pid $pid ($file) still alive ${limit}s after SIG$signal"
+    sleep 0.02
+  done
+  wait "$pid" 2>/dev/null || true
+}
+
+# respawn_daemon NAME: (re)starts drgw serve for NAME like start_daemon, but
+# registers one cleanup for whichever process $work/NAME/pid names at exit
+respawn_daemon() {
+  local name=$1 root="$work/$1"
+  [ -f "$root/respawn-cleanup" ] || { on_exit "signal_pidfile $root/pid KILL"; touch "$root/respawn-cleanup"; }
+  "$DRGW_BIN" serve --config "$root/drgw.toml" 2>>"$root/drgw.log" &
+  echo $! >"$root/pid"
+  for _ in $(seq 150); do
+    drgw_cli "$name" status --json >/dev/null 2>&1 && return 0
+    kill -0 "$(cat "$root/pid")" 2>/dev/null || fail "$name exited at startup"
+    sleep 0.1
+  done
+  fail "$name did not start"
+}
+
+# write_tap_config NAME GATEWAY_NAME DISK SIZE_BYTES [MODE]: a tap under
+# $work/NAME serving a fresh primary $work/NAME/primary.img as DISK on a free
+# port ($work/NAME/nbd-port), pinned to GATEWAY_NAME, which pairs it and
+# protects DISK in group group-1; the group's id goes to $work/NAME/group-id
+write_tap_config() {
+  local name=$1 gateway=$2 disk=$3 size=$4 mode=${5:-async} root="$work/$1" port
+  mkdir -p "$root"
+  truncate -s "$size" "$root/primary.img"
+  port=$(free_port)
+  echo "$port" >"$root/nbd-port"
+  echo "$disk" >"$root/disk"
+  cat >"$root/tap.toml" <<CONFIG
+[tap]
+name = "$name"
+state_dir = "$root/state"
+[gateway]
+address = "127.0.0.1:$(sed -n 's/^port = //p' "$work/$gateway/drgw.toml")"
+fingerprint = "$(fingerprint "$gateway")"
+[nbd]
+address = "127.0.0.1"
+port = $port
+[log]
+level = "debug"
+[[disk]]
+name = "$disk"
+path = "$root/primary.img"
+mode = "$mode"
+grain_bytes = 65536
+CONFIG
+  local tap_fingerprint
+  tap_fingerprint=$("$DRGW_BIN" --config "$root/tap.toml" tap --print-fingerprint | awk '$1 == "fingerprint" { print $2 }')
+  [ -n "$tap_fingerprint" ] || fail "tap $name printed no fingerprint"
+  drgw_cli "$gateway" pair add --name "$name" --tap --fingerprint "$tap_fingerprint" >/dev/null
+  drgw_cli "$gateway" protect "$disk" --group group-1 --tap "$name" --size "$size" --json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["group_id"])' >"$root/group-id"
+}
+
+# start_tap NAME: (re)starts the tap; waits until it listens for NBD. Its log
+# is $work/NAME/drgw.log (so `fail` shows it); one cleanup kills it at exit.
+start_tap() {
+  local name=$1 root="$work/$1" port
+  port=$(cat "$root/nbd-port")
+  [ -f "$root/respawn-cleanup" ] || { on_exit "signal_pidfile $root/pid KILL"; touch "$root/respawn-cleanup"; }
+  "$DRGW_BIN" --config "$root/tap.toml" tap 2>>"$root/drgw.log" &
+  echo $! >"$root/pid"
+  for _ in $(seq 150); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$(cat "$root/pid")" 2>/dev/null || fail "tap $name exited at startup"
+    sleep 0.1
+  done
+  fail "tap $name did not listen on $port"
+}
+
+# tap_status NAME EXPRESSION: a Python expression on the tap's status.json (as s)
+tap_status() {
+  python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print($2)" "$work/$1/state/status.json"
+}
+
+# tap_settled NAME [SINCE]: linked, nothing pending, nothing dirty or lost,
+# in a status written after the unix second SINCE (default: any)
+tap_settled() {
+  [ "$(tap_status "$1" "s['updated_unix_s'] > ${2:-0} and s['gateway_connected'] and s['pending_bytes'] == 0 and all(d['dirty_bytes'] == 0 and d['lost_bytes'] == 0 for d in s['disks'])")" = True ]
+}
+
+# disk_attached GATEWAY DISK: the gateway sees the tap attached for DISK
+disk_attached() {
+  [ "$(json_get "$1" "any(d['name'] == '$2' and d['attached'] for d in s['protected_disks'])")" = True ]
+}

@@ -20,6 +20,8 @@ pub struct Status {
     pub refusals: Vec<Refusal>,
     pub volumes: Vec<VolumeStatus>,
     pub protected_disks: Vec<ProtectedDiskStatus>,
+    /// Consistency groups with their staging (source side).
+    pub groups: Vec<crate::ingest::GroupStaging>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -120,6 +122,7 @@ pub fn collect(appliance: &Appliance) -> Status {
         refusals: appliance.refusals.snapshot(),
         volumes,
         protected_disks: protected_disks(appliance),
+        groups: appliance.ingest.groups_blocking(),
     }
 }
 

@@ -1,6 +1,7 @@
 use super::print;
 use super::{
-    Cli, Command, ConfigCommand, GlobalOptions, PairCommand, DEFAULT_CONFIG, DEFAULT_SOCKET,
+    Cli, Command, ConfigCommand, GlobalOptions, PairCommand, StagingCommand, DEFAULT_CONFIG,
+    DEFAULT_SOCKET,
 };
 use crate::config::{self, Config, ConfigError};
 use crate::control::{self, Request};
@@ -52,6 +53,40 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unprotect { disk, json } => {
             let value = call(&cli.global, Request::Unprotect { disk: disk.clone() })?;
             emit(json, &value, || println!("{disk} is no longer protected"))
+        }
+        Command::Staging(StagingCommand::Replay {
+            directory,
+            out,
+            size,
+            disk,
+            key_file,
+            json,
+        }) => {
+            let key = match key_file {
+                None => None,
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let key: [u8; 32] = bytes
+                        .try_into()
+                        .map_err(|_| anyhow!("{} does not hold a 32-byte key", path.display()))?;
+                    Some(key)
+                }
+            };
+            let report = crate::ingest::replay(&directory, disk, size, &out, key)?;
+            let value = serde_json::to_value(&report)?;
+            emit(json, &value, || {
+                println!(
+                    "replayed {} records (sequences {}..={}): {} writes, {} bytes, {} trims into {}",
+                    report.records,
+                    report.first_sequence.unwrap_or(0),
+                    report.last_sequence.unwrap_or(0),
+                    report.writes,
+                    report.bytes_written,
+                    report.trims,
+                    out.display()
+                )
+            })
         }
         Command::Tap { print_fingerprint } => {
             let path = cli

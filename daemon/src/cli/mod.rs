@@ -84,6 +84,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect the source gateway's staging (forensics and tests)
+    #[command(subcommand)]
+    Staging(StagingCommand),
     /// Run the tap: serve protected disks over NBD and forward every write to the source gateway
     Tap {
         /// Print the tap's certificate fingerprint (for `drgw pair add --tap`) and exit
@@ -108,6 +111,30 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     value
         .checked_mul(1u64 << shift)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StagingCommand {
+    /// Apply a group's staged records in order to an image file (stop the gateway first)
+    Replay {
+        /// The group's staging directory: <cache volume>/staging/group-<N>
+        directory: PathBuf,
+        /// The image to write (created or resized to --size)
+        #[arg(long)]
+        out: PathBuf,
+        /// The disk's size: bytes, or with a K/M/G/T suffix
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Only this disk number (as in `drgw status --json`); every disk by default
+        #[arg(long)]
+        disk: Option<u32>,
+        /// The staging encryption key (<state_dir>/staging.key) when staging is encrypted
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -54,6 +54,34 @@ pub fn status(status: &Status) {
         .map(String::from);
         table(&header, &rows);
     }
+    if !status.groups.is_empty() {
+        println!();
+        println!("CONSISTENCY GROUPS (staging)");
+        let rows: Vec<[String; 5]> = status
+            .groups
+            .iter()
+            .map(|group| {
+                let state = match (&group.problem, group.full) {
+                    (Some(problem), _) => format!("UNUSABLE: {problem}"),
+                    (None, true) => "full: taps held back".into(),
+                    (None, false) => "ok".into(),
+                };
+                [
+                    group.name.clone(),
+                    format!(
+                        "{} / {}",
+                        bytes(group.bytes_on_disk),
+                        bytes(group.capacity_bytes)
+                    ),
+                    group.records_unreleased.to_string(),
+                    group.oldest_unshipped_age_s.map_or("-".into(), duration),
+                    state,
+                ]
+            })
+            .collect();
+        let header = ["GROUP", "STAGED", "RECORDS", "OLDEST UNSHIPPED", "STATE"].map(String::from);
+        table(&header, &rows);
+    }
     if !status.refusals.is_empty() {
         println!();
         println!("REFUSED CONNECTIONS (most recent last)");

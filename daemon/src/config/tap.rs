@@ -103,10 +103,20 @@ pub struct TapDisk {
     #[serde(default, deserialize_with = "validate::name")]
     pub name: String,
     /// Required, unique, absolute: the primary disk (file or block device).
-    #[serde(default, deserialize_with = "validate::absolute_path")]
+    /// Absent for a `mirror` disk, which has no primary (then empty).
+    #[serde(
+        default,
+        deserialize_with = "validate::absolute_path",
+        skip_serializing_if = "is_empty_path"
+    )]
     pub path: PathBuf,
     #[serde(default)]
     pub mode: ForwardMode,
+    /// Only for a `mirror` disk, and required there: its size in bytes, a
+    /// positive multiple of 512 (the other modes take the primary's size).
+    /// 0 when unset.
+    #[serde(default, deserialize_with = "size_bytes")]
+    pub size_bytes: u64,
     /// Bytes of disk per dirty-map bit: a power of two, 4 KiB..=64 MiB.
     #[serde(
         default = "TapDisk::grain_bytes_default",
@@ -124,16 +134,21 @@ pub enum ForwardMode {
     Async,
     /// Once the gateway has staged it as well.
     Sync,
+    /// No primary: the disk is a QEMU `blockdev-mirror` target. A write is
+    /// acknowledged once the gateway has staged it, and fails (EIO) when
+    /// the gateway cannot be reached; reads fail.
+    Mirror,
 }
 
 impl ForwardMode {
-    pub const ALL: [ForwardMode; 2] = [Self::Async, Self::Sync];
+    pub const ALL: [ForwardMode; 3] = [Self::Async, Self::Sync, Self::Mirror];
 
     /// The name used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Async => "async",
             Self::Sync => "sync",
+            Self::Mirror => "mirror",
         }
     }
 }
@@ -145,7 +160,9 @@ impl<'de> Deserialize<'de> for ForwardMode {
         let name = String::deserialize(deserializer)?;
         let found = Self::ALL.into_iter().find(|mode| mode.as_str() == name);
         found.ok_or_else(|| {
-            serde::de::Error::custom(format!("unknown mode `{name}`, expected async or sync"))
+            serde::de::Error::custom(format!(
+                "unknown mode `{name}`, expected async, sync or mirror"
+            ))
         })
     }
 }
@@ -193,6 +210,33 @@ impl TapDisk {
     fn grain_bytes_default() -> u64 {
         Self::GRAIN_BYTES_DEFAULT
     }
+
+    /// A mirror-target disk: no primary, no dirty map.
+    pub fn is_mirror(&self) -> bool {
+        self.mode == ForwardMode::Mirror
+    }
+}
+
+fn is_empty_path(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
+/// `[[disk]] size_bytes`: a positive multiple of 512, at most 2^60 (1 EiB).
+fn size_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let bytes = i64::deserialize(deserializer)?;
+    let problem = if bytes <= 0 {
+        Some(format!("size_bytes {bytes} must be positive"))
+    } else if bytes % 512 != 0 {
+        Some(format!("size_bytes {bytes} is not a multiple of 512"))
+    } else if bytes > 1 << 60 {
+        Some(format!("size_bytes {bytes} is out of range: at most 2^60"))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => Err(serde::de::Error::custom(message)),
+        None => Ok(bytes as u64),
+    }
 }
 
 impl TapConfig {
@@ -212,12 +256,48 @@ impl TapConfig {
     }
 }
 
+/// Mirror disks turn the rules about `path` and `size_bytes` around: the
+/// path is absent and the size required.
 impl diagnostics::Schema for TapConfig {
     fn missing(&self) -> Vec<Missing> {
-        validate::tap_missing(self)
+        let mut missing = validate::tap_missing(self);
+        for (index, disk) in self.disks.iter().enumerate() {
+            if disk.is_mirror() {
+                let path = format!("disk[{index}].path");
+                missing.retain(|m| m.field != path);
+                if disk.size_bytes == 0 {
+                    missing.push(Missing {
+                        field: format!("disk[{index}].size_bytes"),
+                        message: "required key `size_bytes` is missing: a mirror disk has no \
+                                  primary to take its size from"
+                            .to_owned(),
+                    });
+                }
+            }
+        }
+        missing
     }
 
     fn relations(&self) -> Vec<Relation> {
-        validate::tap_relations(self)
+        let mut broken = validate::tap_relations(self);
+        for (index, disk) in self.disks.iter().enumerate() {
+            if disk.is_mirror() && !disk.path.as_os_str().is_empty() {
+                broken.push(Relation {
+                    fields: vec![format!("disk[{index}].path"), format!("disk[{index}].mode")],
+                    message: "a mirror disk has no primary: remove `path`, or choose mode \
+                              async or sync"
+                        .to_owned(),
+                });
+            }
+            if !disk.is_mirror() && disk.size_bytes != 0 {
+                broken.push(Relation {
+                    fields: vec![format!("disk[{index}].size_bytes")],
+                    message: "size_bytes is only for mode = \"mirror\": a disk with a primary \
+                              has the primary's size"
+                        .to_owned(),
+                });
+            }
+        }
+        broken
     }
 }

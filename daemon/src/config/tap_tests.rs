@@ -423,7 +423,7 @@ grain_bytes = 3000
     );
     assert!(
         shown.contains(
-            "/etc/drgw/tap.toml:20:8: disk[0].mode: unknown mode `fast`, expected async or sync\n"
+            "/etc/drgw/tap.toml:20:8: disk[0].mode: unknown mode `fast`, expected async, sync or mirror\n"
         ),
         "{shown}"
     );
@@ -630,6 +630,89 @@ fn modes() {
     assert_eq!(
         (problem.line, problem.field.as_str()),
         (MINIMAL_LINES + 1, "disk[0].mode")
+    );
+}
+
+/// `[[disk]]` lines of a mirror disk (no `path`) after the required parts.
+fn mirror(extra: &str) -> String {
+    format!(
+        "[gateway]\naddress = \"192.0.2.1:9443\"\nfingerprint = \"{FINGERPRINT}\"\n\n\
+         [[disk]]\nname = \"m0\"\nmode = \"mirror\"\n{extra}"
+    )
+}
+
+#[test]
+fn a_mirror_disk_has_a_size_and_no_path() {
+    let config = parse(&mirror("size_bytes = 67108864\n")).unwrap();
+    let disk = &config.disks[0];
+    assert_eq!(disk.mode, ForwardMode::Mirror);
+    assert!(disk.is_mirror());
+    assert_eq!(disk.size_bytes, 64 << 20);
+    assert!(disk.path.as_os_str().is_empty());
+    let text = toml::to_string(&config).unwrap();
+    assert_eq!(parse(&text).unwrap(), config, "{text}");
+    assert!(!text.contains("path"), "{text}");
+
+    let problem = only_problem(&mirror(""));
+    assert_eq!(
+        (problem.line, problem.field.as_str()),
+        (5, "disk[0].size_bytes")
+    );
+    assert!(
+        problem
+            .message
+            .starts_with("required key `size_bytes` is missing"),
+        "{}",
+        problem.message
+    );
+    let problem = only_problem(&mirror("size_bytes = 4096\npath = \"/dev/vdb\"\n"));
+    assert_eq!((problem.line, problem.field.as_str()), (9, "disk[0].path"));
+    assert!(
+        problem.message.contains("a mirror disk has no primary"),
+        "{}",
+        problem.message
+    );
+    for (value, message) in [
+        ("0", "size_bytes 0 must be positive"),
+        ("-512", "size_bytes -512 must be positive"),
+        ("1000", "size_bytes 1000 is not a multiple of 512"),
+    ] {
+        let problem = only_problem(&mirror(&format!("size_bytes = {value}\n")));
+        assert_eq!(
+            (problem.line, problem.field.as_str()),
+            (8, "disk[0].size_bytes")
+        );
+        assert_eq!(problem.message, message);
+    }
+}
+
+#[test]
+fn size_bytes_is_only_for_mirror_disks() {
+    let problem = only_problem(&minimal("size_bytes = 4096\n"));
+    assert_eq!(
+        (problem.line, problem.field.as_str()),
+        (MINIMAL_LINES + 1, "disk[0].size_bytes")
+    );
+    assert!(
+        problem.message.contains("only for mode = \"mirror\""),
+        "{}",
+        problem.message
+    );
+    assert_eq!(parse(&minimal("")).unwrap().disks[0].size_bytes, 0);
+}
+
+#[test]
+fn mirror_disks_beside_primaries_and_each_other() {
+    let text = format!(
+        "{}\n[[disk]]\nname = \"m1\"\nmode = \"mirror\"\nsize_bytes = 512\n\
+         \n[[disk]]\nname = \"p\"\npath = \"/dev/vdc\"\n",
+        mirror("size_bytes = 1024\n")
+    );
+    let config = parse(&text).unwrap();
+    let modes: Vec<_> = config.disks.iter().map(|d| d.mode).collect();
+    assert_eq!(
+        modes,
+        [ForwardMode::Mirror, ForwardMode::Mirror, ForwardMode::Async]
     );
 }
 

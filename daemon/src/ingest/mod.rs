@@ -7,11 +7,13 @@
 //! stages, so disks of a group share one order.
 
 mod rate;
+mod replay;
 
 pub use rate::RateWindow;
+pub use replay::{replay, ReplayError, ReplayReport};
 
 use crate::catalog::ProtectedDisk;
-use crate::staging::{RecordBody, StagingConfig, StagingError, StagingLog, StagingUsage};
+use crate::staging::{RecordBody, StagingConfig, StagingError, StagingLog};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,6 +25,8 @@ pub enum IngestError {
     Staging { group: String, source: StagingError },
     #[error("opening the staging of group {group} panicked or was cancelled")]
     Open { group: String },
+    #[error("staging of group {group} is unusable: {problem}")]
+    Unusable { group: String, problem: String },
 }
 
 /// Live per-disk figures for `drgw status`.
@@ -38,28 +42,53 @@ pub struct DiskIngest {
 struct GroupLog {
     name: String,
     log: Arc<StagingLog>,
+    /// When the oldest record still staged (not yet shipped) arrived.
+    oldest_unshipped: Mutex<Option<Instant>>,
+}
+
+/// How every group's staging is set up (from `[staging]` in the config).
+#[derive(Debug, Clone)]
+pub struct StagingPlan {
+    pub cache_directory: PathBuf,
+    pub capacity_bytes: u64,
+    pub segment_bytes: u64,
+    pub encryption_key: Option<[u8; 32]>,
+}
+
+/// A consistency group's staging, for `drgw status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupStaging {
+    pub id: u32,
+    pub name: String,
+    pub bytes_on_disk: u64,
+    pub capacity_bytes: u64,
+    pub records_unreleased: u64,
+    pub sequence_last_durable: u64,
+    /// Ingest waits for room: taps of this group are being held back.
+    pub full: bool,
+    /// Seconds since the oldest record not yet shipped was staged.
+    pub oldest_unshipped_age_s: Option<u64>,
+    /// Why this group's staging cannot be used, when it cannot.
+    pub problem: Option<String>,
 }
 
 pub struct Ingest {
-    cache_directory: PathBuf,
-    staging_capacity_bytes: u64,
+    plan: StagingPlan,
     /// Protected disks by name, mirrored from the catalog.
     disks: RwLock<HashMap<String, ProtectedDisk>>,
     logs: tokio::sync::Mutex<HashMap<u32, Arc<GroupLog>>>,
+    /// Groups whose staging failed to open, and why (until a restart).
+    problems: Mutex<HashMap<u32, (String, String)>>,
     counters: Mutex<HashMap<String, (RateWindow, u32)>>,
 }
 
 impl Ingest {
-    pub fn new(
-        cache_directory: PathBuf,
-        staging_capacity_bytes: u64,
-        disks: Vec<ProtectedDisk>,
-    ) -> Ingest {
+    pub fn new(plan: StagingPlan, disks: Vec<ProtectedDisk>) -> Ingest {
         let ingest = Ingest {
-            cache_directory,
-            staging_capacity_bytes,
+            plan,
             disks: RwLock::new(HashMap::new()),
             logs: tokio::sync::Mutex::new(HashMap::new()),
+            problems: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
         };
         ingest.replace_disks(disks);
@@ -94,33 +123,76 @@ impl Ingest {
         list
     }
 
+    /// Opens the staging of every protected group at startup, so that a
+    /// corrupt or unreadable staging is reported at once, not at the first
+    /// write. Failures are logged and kept for `drgw status`.
+    pub async fn open_all(&self) {
+        let mut groups: Vec<(u32, String)> = self
+            .disks()
+            .into_iter()
+            .map(|d| (d.group_id, d.group))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        for (id, name) in groups {
+            if let Err(error) = self.log(id, &name).await {
+                tracing::error!(group = %name, %error, "staging unusable; taps of this group are refused");
+            }
+        }
+    }
+
     /// The staging log of a group, opened (and recovered) on first use.
     async fn log(&self, group_id: u32, group: &str) -> Result<Arc<GroupLog>, IngestError> {
         let mut logs = self.logs.lock().await;
         if let Some(log) = logs.get(&group_id) {
             return Ok(log.clone());
         }
+        if let Some((name, problem)) = self
+            .problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group_id)
+        {
+            return Err(IngestError::Unusable {
+                group: name.clone(),
+                problem: problem.clone(),
+            });
+        }
         let directory = self
+            .plan
             .cache_directory
             .join("staging")
             .join(format!("group-{group_id}"));
-        let config = StagingConfig::new(directory, group_id, self.staging_capacity_bytes);
+        let mut config = StagingConfig::new(directory, group_id, self.plan.capacity_bytes);
+        config.segment_bytes = self.plan.segment_bytes;
+        config.encryption_key = self.plan.encryption_key;
         let name = group.to_string();
         let opened = tokio::task::spawn_blocking(move || StagingLog::open(config))
             .await
             .map_err(|_| IngestError::Open {
                 group: name.clone(),
-            })?
-            .map_err(|source| IngestError::Staging {
-                group: name.clone(),
-                source,
             })?;
-        let (log, report) = opened;
-        tracing::info!(group = %name, records = report.records, torn_tail_bytes_cut = report.torn_tail_bytes_cut,
-            "staging opened");
+        let (log, report) = match opened {
+            Ok(opened) => opened,
+            Err(source) => {
+                let problems = &mut self.problems.lock().unwrap_or_else(|p| p.into_inner());
+                problems.insert(group_id, (name.clone(), source.to_string()));
+                return Err(IngestError::Staging {
+                    group: name,
+                    source,
+                });
+            }
+        };
+        if report.torn_tail_bytes_cut > 0 {
+            tracing::warn!(group = %name, bytes = report.torn_tail_bytes_cut,
+                "staging had a torn tail (a write cut by a crash, never acknowledged): cut");
+        }
+        tracing::info!(group = %name, records = report.records, "staging opened");
+        let oldest = (report.records > 0).then(Instant::now);
         let entry = Arc::new(GroupLog {
             name,
             log: Arc::new(log),
+            oldest_unshipped: Mutex::new(oldest),
         });
         logs.insert(group_id, entry.clone());
         Ok(entry)
@@ -139,6 +211,10 @@ impl Ingest {
                     source,
                 })?;
             let now = Instant::now();
+            log.oldest_unshipped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(now);
             let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
             for (disk, records, bytes) in batch.per_disk {
                 let entry = counters
@@ -148,6 +224,12 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+
+    /// Why a group's staging cannot take writes, if it cannot.
+    pub fn group_problem(&self, group_id: u32) -> Option<String> {
+        let problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        problems.get(&group_id).map(|(_, problem)| problem.clone())
     }
 
     pub fn attached(&self, disk: &str, delta: i32) {
@@ -181,10 +263,46 @@ impl Ingest {
         }
     }
 
-    /// Usage of a group's staging, if it has been opened.
-    pub async fn group_usage(&self, group_id: u32) -> Option<StagingUsage> {
-        let logs = self.logs.lock().await;
-        logs.get(&group_id).map(|log| log.log.usage())
+    /// Every group's staging figures (blocking: call off the runtime).
+    pub fn groups_blocking(&self) -> Vec<GroupStaging> {
+        let mut groups: Vec<(u32, String)> = self
+            .disks()
+            .into_iter()
+            .map(|d| (d.group_id, d.group))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        let logs = self.logs.blocking_lock();
+        let problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        groups
+            .into_iter()
+            .map(|(id, name)| {
+                let mut group = GroupStaging {
+                    id,
+                    name,
+                    bytes_on_disk: 0,
+                    capacity_bytes: self.plan.capacity_bytes,
+                    records_unreleased: 0,
+                    sequence_last_durable: 0,
+                    full: false,
+                    oldest_unshipped_age_s: None,
+                    problem: problems.get(&id).map(|(_, problem)| problem.clone()),
+                };
+                if let Some(log) = logs.get(&id) {
+                    let usage = log.log.usage();
+                    group.bytes_on_disk = usage.bytes_on_disk;
+                    group.records_unreleased = usage.records_unreleased;
+                    group.sequence_last_durable = usage.sequence_last_durable;
+                    group.full = usage.full;
+                    let oldest = *log
+                        .oldest_unshipped
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    group.oldest_unshipped_age_s = oldest.map(|at| at.elapsed().as_secs());
+                }
+                group
+            })
+            .collect()
     }
 }
 

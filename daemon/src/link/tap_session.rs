@@ -168,6 +168,12 @@ impl TapSession {
                 disk.name, disk.size_bytes, attach.size_bytes
             ));
         }
+        if let Some(problem) = self.ingest.group_problem(disk.group_id) {
+            return Err(SessionError::Ingest(crate::ingest::IngestError::Unusable {
+                group: disk.group.clone(),
+                problem,
+            }));
+        }
         if self.attached.values().any(|other| other.name == disk.name) {
             return refuse(format!(
                 "disk {} is already attached on this connection",

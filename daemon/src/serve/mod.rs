@@ -6,13 +6,14 @@
 
 pub(crate) mod notify;
 pub(crate) mod signals;
+mod staging_key;
 pub(crate) mod state_lock;
 
 use crate::appliance::{Appliance, Settings};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlError};
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, StagingPlan};
 use crate::logging::{self, LogControl};
 use crate::tls::{self, Identity, PinStore, TlsError};
 use crate::{clock, fsutil, link};
@@ -40,6 +41,8 @@ pub enum ServeError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("staging encryption key {path}: {reason}")]
+    StagingKey { path: PathBuf, reason: String },
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: String,
@@ -85,11 +88,17 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
     let listen_address = listener.local_addr().unwrap_or(address);
     let control_listener = control::bind(&config.control.socket).await?;
     let tls_config = tls::server_config(&identity, pins.clone())?;
-    let ingest = Arc::new(Ingest::new(
-        config.volumes.cache.clone(),
-        config.staging.capacity_bytes,
-        catalog.disks()?,
-    ));
+    let plan = StagingPlan {
+        cache_directory: config.volumes.cache.clone(),
+        capacity_bytes: config.staging.capacity_bytes,
+        segment_bytes: config.staging.segment_bytes,
+        encryption_key: match config.staging.encrypt {
+            true => Some(staging_key::load_or_create(state_dir)?),
+            false => None,
+        },
+    };
+    let ingest = Arc::new(Ingest::new(plan, catalog.disks()?));
+    ingest.open_all().await;
     let appliance = Arc::new(Appliance {
         id,
         name: config.appliance.name.clone(),

@@ -43,6 +43,9 @@ const QUEUED_BYTES_IN_BATCHES: usize = 8;
 pub const RECORDS_PER_APPEND_MAX: usize = 65_536;
 /// Records returned by one `read_from` call.
 pub const RECORDS_PER_READ_MAX: usize = 65_536;
+/// Released segment files kept as spares, to be overwritten by later segments
+/// (their blocks are written already, so writes into them need no extent conversion).
+const SPARES_MAX: usize = 4;
 
 /// How one consistency group's log is laid out and bounded.
 #[derive(Debug, Clone)]
@@ -198,6 +201,11 @@ impl SegmentState {
 
 struct State {
     segments: BTreeMap<u64, SegmentState>,
+    /// Spare files (by name number, ascending), each `spare_bytes` long.
+    spares: Vec<u64>,
+    /// Released segments being renamed to spares (counted on disk meanwhile).
+    spares_retiring: usize,
+    spare_bytes: u64,
     sequence_first_unreleased: u64,
     sequence_last_durable: u64,
     full: bool,
@@ -210,7 +218,13 @@ struct State {
 
 impl State {
     fn bytes_on_disk(&self) -> u64 {
-        self.segments.values().map(|s| s.header.segment_bytes).sum()
+        let spares = (self.spares.len() + self.spares_retiring) as u64 * self.spare_bytes;
+        spares
+            + self
+                .segments
+                .values()
+                .map(|s| s.header.segment_bytes)
+                .sum::<u64>()
     }
 }
 
@@ -276,6 +290,9 @@ impl StagingLog {
             sequence_first_unreleased: recovered.sequence_first_on_disk,
             sequence_last_durable: recovered.sequence_next - 1,
             segments: recovered.segments,
+            spares: recovered.spares,
+            spares_retiring: 0,
+            spare_bytes: config.segment_bytes,
             full: false,
             closing: false,
             failure: None,
@@ -371,9 +388,10 @@ impl StagingLog {
     }
 
     /// The target has everything through `sequence`: delete the segments wholly at
-    /// or below it (never the newest segment, which keeps the log's numbering).
+    /// or below it (never the newest segment, which keeps the log's numbering), or
+    /// keep their files as spares for later segments (up to SPARES_MAX).
     pub fn release_through(&self, sequence: u64) -> Result<(), StagingError> {
-        let doomed = {
+        let (doomed, kept) = {
             let mut state = self.shared.lock();
             if sequence > state.sequence_last_durable {
                 return Err(StagingError::ReleaseBeyondDurable {
@@ -382,15 +400,21 @@ impl StagingLog {
                 });
             }
             state.sequence_first_unreleased = state.sequence_first_unreleased.max(sequence + 1);
-            take_released(&mut state, sequence)
+            let doomed = take_released(&mut state, sequence);
+            let room = SPARES_MAX.saturating_sub(state.spares.len() + state.spares_retiring);
+            let kept = doomed
+                .iter()
+                .take_while(|(_, bytes)| *bytes == state.spare_bytes)
+                .count()
+                .min(room);
+            state.spares_retiring += kept;
+            (doomed, kept)
         };
-        let directory = &self.shared.config.directory;
-        for number in &doomed {
-            let path = segment::segment_path(directory, *number);
-            std::fs::remove_file(&path).map_err(|e| StagingError::io(&path, e))?;
-            // Ascending deletes, each made durable: a crash never leaves a gap in numbering.
-            segment::sync_directory(directory)?;
-        }
+        let mut retiring = kept;
+        let result = self.remove_released(&doomed, &mut retiring);
+        // After a failure the spares not renamed are no longer counted on disk.
+        self.shared.lock().spares_retiring -= retiring;
+        result?;
         if !doomed.is_empty() {
             tracing::debug!(
                 group = self.shared.config.group,
@@ -398,6 +422,35 @@ impl StagingLog {
                 "staging: released"
             );
             self.shared.space.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Renames the first `retiring` of `doomed` to spares and unlinks the rest, oldest
+    /// first; decrements `retiring` as spares become usable.
+    fn remove_released(
+        &self,
+        doomed: &[(u64, u64)],
+        retiring: &mut usize,
+    ) -> Result<(), StagingError> {
+        let directory = &self.shared.config.directory;
+        for (number, _) in doomed {
+            let keep = *retiring > 0;
+            if keep {
+                segment::retire(directory, *number)?;
+            } else {
+                let path = segment::segment_path(directory, *number);
+                std::fs::remove_file(&path).map_err(|e| StagingError::io(&path, e))?;
+            }
+            // Ascending removals, each made durable: a crash never leaves a gap in numbering.
+            segment::sync_directory(directory)?;
+            if keep {
+                *retiring -= 1;
+                let mut state = self.shared.lock();
+                state.spares_retiring -= 1;
+                let at = state.spares.partition_point(|n| n < number);
+                state.spares.insert(at, *number);
+            }
         }
         Ok(())
     }
@@ -420,16 +473,17 @@ impl StagingLog {
 }
 
 /// Removes from `state` the segments wholly at or below `sequence`, oldest first,
-/// stopping at the first one still needed; returns their numbers.
-fn take_released(state: &mut State, sequence: u64) -> Vec<u64> {
+/// stopping at the first one still needed; returns their numbers and sizes.
+fn take_released(state: &mut State, sequence: u64) -> Vec<(u64, u64)> {
     let newest = state.segments.keys().next_back().copied();
     let mut doomed = Vec::new();
     while let Some((&number, segment)) = state.segments.iter().next() {
         if Some(number) == newest || segment.sequence_end() > sequence + 1 {
             break;
         }
+        let bytes = segment.header.segment_bytes;
         state.segments.remove(&number);
-        doomed.push(number);
+        doomed.push((number, bytes));
     }
     doomed
 }

@@ -28,7 +28,10 @@ pub(super) fn read_from(
     while let Some(cursor) = locate(shared, next)? {
         let mut offset = cursor.run.offset;
         for sequence in cursor.run.sequence_first..cursor.run.sequence_end {
-            let (staged, bytes) = read_record(shared, &cursor, offset, sequence)?;
+            let (staged, bytes) =
+                read_record(shared, &cursor, offset, sequence).map_err(|error| {
+                    released_meanwhile(shared, cursor.segment, sequence).unwrap_or(error)
+                })?;
             offset = record::skip_short_gap(offset as usize + bytes) as u64;
             if sequence < next {
                 continue;
@@ -77,6 +80,24 @@ fn locate(shared: &Shared, next: u64) -> Result<Option<Cursor>, StagingError> {
             run: segment.runs[index],
         }
     }))
+}
+
+/// A segment released while it was being read may already hold a newer segment's
+/// records (its file is recycled): report the release, not corruption.
+pub(super) fn released_meanwhile(shared: &Shared, segment: u64, sequence: u64) -> Option<StagingError> {
+    let state = shared.lock();
+    if state.segments.contains_key(&segment) {
+        return None;
+    }
+    let first_on_disk = state
+        .segments
+        .values()
+        .next()
+        .map_or(sequence + 1, |s| s.header.sequence_first);
+    Some(StagingError::SequenceReleased {
+        sequence,
+        first_on_disk,
+    })
 }
 
 /// Reads and verifies the record at `offset`, which must hold `sequence`.

@@ -9,6 +9,10 @@
 //!   records of two later batches follow it (the writer issues batch K+1 only
 //!   after batch K-1's barrier, so those prove the failing one was durable):
 //!   then it is corruption. Otherwise it is a torn tail and is cut.
+//! - Records of another segment number (a recycled file's earlier contents) are
+//!   never valid here; in a recycled segment the torn bytes counted stop at them.
+//! - Spare files are kept (up to SPARES_MAX, of the configured size, within
+//!   capacity) or removed; their contents are never read.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use super::crypto::Sealer;
 use super::record::{self, Kind, BLOCK_BYTES, HEADER_BYTES, RECORD_ALIGN, RECORD_MAGIC};
 use super::segment::{self, SegmentHeader};
-use super::{CorruptionPolicy, Run, SegmentState, StagingConfig, StagingError};
+use super::{CorruptionPolicy, Run, SegmentState, StagingConfig, StagingError, SPARES_MAX};
 
 /// The writer issues batch K+1 only after batch K-1's barrier completed: a valid
 /// record of the second batch after a failing one proves the failing one durable.
@@ -47,6 +51,7 @@ pub struct RecoveryReport {
 
 pub(super) struct Recovered {
     pub segments: BTreeMap<u64, SegmentState>,
+    pub spares: Vec<u64>,
     pub sealer: Option<Sealer>,
     pub log_id: u64,
     pub sequence_next: u64,
@@ -61,9 +66,13 @@ pub(super) fn recover(
 ) -> Result<Recovered, StagingError> {
     let directory = &config.directory;
     let mut numbers = segment::list(directory)?;
-    // Never reuse a number, not even one whose file is skipped as corrupt: the
-    // number is part of every record's nonce.
-    let segment_next = numbers.last().map_or(0, |n| n + 1);
+    let spare_numbers = segment::list_spares(directory)?;
+    // Never reuse a number, not even one whose file is skipped as corrupt or kept
+    // as a spare: the number is part of every record's nonce.
+    let segment_next = numbers
+        .last()
+        .max(spare_numbers.last())
+        .map_or(0, |n| n + 1);
     let mut report = RecoveryReport::default();
     let headers = read_headers(config, &mut numbers, &mut report)?;
     let log_id = match headers.values().next() {
@@ -110,10 +119,45 @@ pub(super) fn recover(
             .map_err(|e| StagingError::io(directory, e))?;
     }
     let recovered = finish(config, policy, segments, sealer, log_id, report)?;
+    let segments_bytes = recovered
+        .segments
+        .values()
+        .map(|s| s.header.segment_bytes)
+        .sum();
+    let spares = keep_spares(config, spare_numbers, segments_bytes)?;
     Ok(Recovered {
         segment_next,
+        spares,
         ..recovered
     })
+}
+
+/// Keeps the spares of the configured size, up to SPARES_MAX and within capacity;
+/// removes the others. Returns the numbers kept.
+fn keep_spares(
+    config: &StagingConfig,
+    numbers: Vec<u64>,
+    segments_bytes: u64,
+) -> Result<Vec<u64>, StagingError> {
+    let (mut kept, mut removed) = (Vec::new(), 0usize);
+    for number in numbers {
+        let path = segment::spare_path(&config.directory, number);
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| StagingError::io(&path, e))?
+            .len();
+        let fits = segments_bytes + (kept.len() as u64 + 1) * config.segment_bytes
+            <= config.capacity_bytes;
+        if bytes == config.segment_bytes && kept.len() < SPARES_MAX && fits {
+            kept.push(number);
+        } else {
+            std::fs::remove_file(&path).map_err(|e| StagingError::io(&path, e))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        segment::sync_directory(&config.directory)?;
+    }
+    Ok(kept)
 }
 
 fn finish(
@@ -155,6 +199,7 @@ fn finish(
     }
     Ok(Recovered {
         segments,
+        spares: Vec::new(),
         sealer,
         log_id,
         sequence_next,
@@ -325,7 +370,12 @@ pub(super) fn scan(bytes: &[u8], header: &SegmentHeader, sequence_end: Option<u6
             Some(_) => true,
         };
         if !durable {
-            result.torn_bytes = nonzero_end(bytes, position).saturating_sub(position) as u64;
+            let end = if header.recycled {
+                own_record_end(bytes, position, number)
+            } else {
+                nonzero_end(bytes, position)
+            };
+            result.torn_bytes = end.saturating_sub(position) as u64;
             break;
         }
         result.corrupt.push(CorruptRecord {
@@ -406,6 +456,23 @@ fn later_batches(bytes: &[u8], position: usize, segment: u64, expected: u64) -> 
         }
     }
     batches.len()
+}
+
+/// In a recycled segment the bytes after the cut hold the file's earlier contents:
+/// the torn bytes end with the last record header (checksummed or not) naming this
+/// segment at or after `position`, counted with the length it claims.
+fn own_record_end(bytes: &[u8], position: usize, segment: u64) -> usize {
+    let magic = RECORD_MAGIC.to_le_bytes();
+    let end = bytes.len().saturating_sub(HEADER_BYTES);
+    (position..end)
+        .step_by(RECORD_ALIGN)
+        .rev()
+        .filter(|&offset| bytes[offset..offset + 4] == magic)
+        .find_map(|offset| {
+            let header = record::parse_header(&bytes[offset..], segment).ok()?;
+            Some((offset + header.record_bytes()).min(bytes.len()))
+        })
+        .unwrap_or(position)
 }
 
 fn nonzero_end(bytes: &[u8], position: usize) -> usize {

@@ -1,4 +1,5 @@
-//! Segment files: naming, the 4096-byte segment header, creation and listing.
+//! Segment files: naming, the 4096-byte segment header, creation, listing, and
+//! spares (released segment files kept to be overwritten by a later segment).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,14 +9,23 @@ use super::error::StagingError;
 use super::record::BLOCK_BYTES;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"drgwSTG\0";
-pub const FORMAT_VERSION: u16 = 1;
+/// Version 2 added spare files and the `recycled` flag; version 1 segments (never
+/// recycled) are read as well.
+pub const FORMAT_VERSION: u16 = 2;
+const FORMAT_VERSION_OLDEST_READ: u16 = 1;
 const CHECKSUM_AT: usize = 60;
 const SUFFIX: &str = ".segment";
+const SPARE_SUFFIX: &str = ".spare";
+const FLAG_ENCRYPTED: u16 = 1;
+const FLAG_RECYCLED: u16 = 2;
 
 /// The first block of every segment file. Records start at offset BLOCK_BYTES.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
     pub encrypted: bool,
+    /// The file held an earlier segment: bytes after this segment's last record may
+    /// be records of that earlier segment (they carry its number and are rejected).
+    pub recycled: bool,
     pub group: u32,
     pub segment: u64,
     /// The sequence of the first record this segment holds (or would hold).
@@ -32,7 +42,9 @@ impl SegmentHeader {
         block[..BLOCK_BYTES].fill(0);
         block[0..8].copy_from_slice(&SEGMENT_MAGIC);
         block[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        block[10..12].copy_from_slice(&u16::from(self.encrypted).to_le_bytes());
+        let flags = if self.encrypted { FLAG_ENCRYPTED } else { 0 }
+            | if self.recycled { FLAG_RECYCLED } else { 0 };
+        block[10..12].copy_from_slice(&flags.to_le_bytes());
         block[12..16].copy_from_slice(&self.group.to_le_bytes());
         block[16..24].copy_from_slice(&self.segment.to_le_bytes());
         block[24..32].copy_from_slice(&self.sequence_first.to_le_bytes());
@@ -60,17 +72,28 @@ impl SegmentHeader {
             return Err("segment header CRC32C mismatch".into());
         }
         let version = u16::from_le_bytes([block[8], block[9]]);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
-                "segment format version {version}, this build reads {FORMAT_VERSION}"
+                "segment format version {version}, this build reads \
+                 {FORMAT_VERSION_OLDEST_READ}..={FORMAT_VERSION}"
             ));
+        }
+        let flags = u16::from_le_bytes([block[10], block[11]]);
+        let known = if version == 1 {
+            FLAG_ENCRYPTED
+        } else {
+            FLAG_ENCRYPTED | FLAG_RECYCLED
+        };
+        if flags & !known != 0 {
+            return Err(format!("segment flags {flags:#x} unknown"));
         }
         let segment_bytes = u64_at(40);
         if segment_bytes % BLOCK_BYTES as u64 != 0 || segment_bytes < 2 * BLOCK_BYTES as u64 {
             return Err(format!("segment size {segment_bytes} invalid"));
         }
         Ok(SegmentHeader {
-            encrypted: u16::from_le_bytes([block[10], block[11]]) & 1 != 0,
+            encrypted: flags & FLAG_ENCRYPTED != 0,
+            recycled: flags & FLAG_RECYCLED != 0,
             group: u32::from_le_bytes(block[12..16].try_into().unwrap()),
             segment: u64_at(16),
             sequence_first: u64_at(24),
@@ -85,14 +108,28 @@ pub fn segment_path(directory: &Path, segment: u64) -> PathBuf {
     directory.join(format!("{segment:020}{SUFFIX}"))
 }
 
+/// A spare keeps the number of the segment it last held as its name (unique).
+pub fn spare_path(directory: &Path, number: u64) -> PathBuf {
+    directory.join(format!("{number:020}{SPARE_SUFFIX}"))
+}
+
 /// Segment numbers present in the directory, ascending. Other files are ignored.
 pub fn list(directory: &Path) -> Result<Vec<u64>, StagingError> {
+    list_suffix(directory, SUFFIX)
+}
+
+/// Spare file numbers present in the directory, ascending.
+pub fn list_spares(directory: &Path) -> Result<Vec<u64>, StagingError> {
+    list_suffix(directory, SPARE_SUFFIX)
+}
+
+fn list_suffix(directory: &Path, suffix: &str) -> Result<Vec<u64>, StagingError> {
     let mut numbers = Vec::new();
     let entries = std::fs::read_dir(directory).map_err(|e| StagingError::io(directory, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StagingError::io(directory, e))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix)) else {
             continue;
         };
         if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
@@ -122,6 +159,31 @@ pub fn create(directory: &Path, segment: u64, segment_bytes: u64) -> Result<File
     )
     .map_err(|e| StagingError::io(&path, e.into()))?;
     Ok(file)
+}
+
+/// Opens a spare file for direct I/O, to be overwritten by segment records. The caller
+/// writes the new header through the ring, makes it durable, then calls `install`.
+pub fn open_spare(directory: &Path, spare: u64) -> Result<File, StagingError> {
+    let path = spare_path(directory, spare);
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(|e| direct_error(&path, e))
+}
+
+/// Renames a spare (whose new header is durable) to segment `segment`. The caller
+/// syncs the directory.
+pub fn install(directory: &Path, spare: u64, segment: u64) -> Result<(), StagingError> {
+    let path = spare_path(directory, spare);
+    std::fs::rename(&path, segment_path(directory, segment)).map_err(|e| StagingError::io(&path, e))
+}
+
+/// Renames a released segment to a spare. The caller syncs the directory.
+pub fn retire(directory: &Path, segment: u64) -> Result<(), StagingError> {
+    let path = segment_path(directory, segment);
+    std::fs::rename(&path, spare_path(directory, segment)).map_err(|e| StagingError::io(&path, e))
 }
 
 /// Opens an existing segment for a sequential scan (recovery).
@@ -173,6 +235,7 @@ mod tests {
     fn header_round_trip_and_flip() {
         let header = SegmentHeader {
             encrypted: true,
+            recycled: true,
             group: 4,
             segment: 9,
             sequence_first: 1234,

@@ -441,6 +441,111 @@ fn release_deletes_whole_segments_only_and_reopen_starts_there() {
 }
 
 #[test]
+fn released_segments_are_recycled_and_their_stale_records_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _) = StagingLog::open(small_config(dir.path())).unwrap();
+        for i in 0..30u64 {
+            log.append(vec![write(i, 40_000)]).await.unwrap();
+        }
+        let segments_before = segment::list(dir.path()).unwrap();
+        log.release_through(30).unwrap();
+        let spares = segment::list_spares(dir.path()).unwrap();
+        assert_eq!(spares.len(), SPARES_MAX.min(segments_before.len() - 1));
+        assert_eq!(spares, log.shared.lock().spares);
+        let usage = log.usage();
+        assert_eq!(
+            usage.bytes_on_disk,
+            (1 + spares.len() as u64) * small_config(dir.path()).segment_bytes
+        );
+        // New records fill the spares (renamed to new numbers), then fresh files.
+        for i in 30..60u64 {
+            log.append(vec![write(i, 40_000)]).await.unwrap();
+        }
+        let recycled: Vec<bool> = {
+            let state = log.shared.lock();
+            assert!(state.spares.is_empty(), "spares left: {:?}", state.spares);
+            state.segments.values().map(|s| s.header.recycled).collect()
+        };
+        assert!(recycled.iter().filter(|r| **r).count() == spares.len());
+        assert!(segment::list_spares(dir.path()).unwrap().is_empty());
+        let read = read_all(&log, 31).await;
+        assert_eq!(read.len(), 30);
+        // A read that raced the release of its (now recycled) segment says so.
+        assert!(matches!(
+            reader::released_meanwhile(&log.shared, segments_before[0], 1),
+            Some(StagingError::SequenceReleased { sequence: 1, .. })
+        ));
+        let (live, _) = locate(&log, 31);
+        assert!(reader::released_meanwhile(&log.shared, live, 31).is_none());
+        for record in &read {
+            assert_eq!(record.body, write(record.sequence - 1, 40_000));
+        }
+        // The newest segment is recycled: a clean reopen cuts nothing.
+        log.release_through(55).unwrap();
+        for i in 60..75u64 {
+            log.append(vec![write(i, 40_000)]).await.unwrap();
+        }
+        let newest_recycled = {
+            let state = log.shared.lock();
+            state.segments.values().next_back().unwrap().header.recycled
+        };
+        assert!(newest_recycled, "the newest segment reuses a spare");
+        let (segment, offset) = locate(&log, 75);
+        drop(log);
+        let (log, report) = StagingLog::open(small_config(dir.path())).unwrap();
+        assert_eq!(
+            (
+                report.last_sequence,
+                report.torn_tail_bytes_cut,
+                report.corrupt.len()
+            ),
+            (Some(75), 0, 0)
+        );
+        drop(log);
+        // A torn last record in a recycled segment is cut; the stale bytes after it are
+        // not counted as torn.
+        segment_file(dir.path(), segment)
+            .write_all_at(&vec![0u8; 20_000], offset + 9000)
+            .unwrap();
+        let (log, report) = StagingLog::open(small_config(dir.path())).unwrap();
+        assert_eq!((report.last_sequence, report.corrupt.len()), (Some(74), 0));
+        let torn = report.torn_tail_bytes_cut;
+        assert!(torn > 0 && torn <= 40_080 + 4096, "torn bytes {torn}");
+        assert_eq!(log.append(vec![write(1, 10)]).await.unwrap(), 75..76);
+    });
+}
+
+#[test]
+fn spares_beyond_capacity_or_of_another_size_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    runtime().block_on(async {
+        let (log, _) = StagingLog::open(config.clone()).unwrap();
+        for i in 0..30u64 {
+            log.append(vec![write(i, 40_000)]).await.unwrap();
+        }
+        log.release_through(30).unwrap();
+    });
+    let spares = segment::list_spares(dir.path()).unwrap();
+    assert!(spares.len() >= 2, "{spares:?}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment::spare_path(dir.path(), spares[0]))
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let tight = StagingConfig {
+        capacity_bytes: 2 * config.segment_bytes,
+        ..config
+    };
+    let (log, report) = StagingLog::open(tight).unwrap();
+    assert!(report.corrupt.is_empty());
+    assert_eq!(segment::list_spares(dir.path()).unwrap(), vec![spares[1]]);
+    assert_eq!(log.usage().bytes_on_disk, log.usage().capacity_bytes);
+}
+
+#[test]
 fn bad_configs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let base = small_config(dir.path());

@@ -299,18 +299,19 @@ impl Writer {
         }
     }
 
-    /// Seals the current segment (if any) and starts the next, waiting for room.
+    /// Starts the next segment, waiting for room: in a spare file when there is one
+    /// (renamed only once its new header is durable), else in a new preallocated file.
     fn rollover(&mut self) -> Result<(), StagingError> {
-        self.wait_for_room()?;
+        let spare = self.wait_for_room()?;
         let config = &self.shared.config;
         let number = self.segment_next;
-        let file = Arc::new(segment::create(
-            &config.directory,
-            number,
-            config.segment_bytes,
-        )?);
+        let file = Arc::new(match spare {
+            Some(spare) => segment::open_spare(&config.directory, spare)?,
+            None => segment::create(&config.directory, number, config.segment_bytes)?,
+        });
         let header = SegmentHeader {
             encrypted: self.shared.sealer.is_some(),
+            recycled: spare.is_some(),
             group: config.group,
             segment: number,
             sequence_first: self.sequence_next,
@@ -319,10 +320,16 @@ impl Writer {
             key_check: self.shared.sealer.as_ref().map_or(0, |s| s.key_check()),
         };
         header.encode(self.ring.block_mut());
-        let path = segment::segment_path(&config.directory, number);
+        let path = match spare {
+            Some(spare) => segment::spare_path(&config.directory, spare),
+            None => segment::segment_path(&config.directory, number),
+        };
         self.ring
             .write_block_durable(&file, 0)
             .map_err(|e| segment::direct_error(&path, e))?;
+        if let Some(spare) = spare {
+            segment::install(&config.directory, spare, number)?;
+        }
         segment::sync_directory(&config.directory)?;
         let read_file = Arc::new(segment::open_read(&config.directory, number)?);
         self.segment_next += 1;
@@ -331,7 +338,11 @@ impl Writer {
             file: read_file,
             runs: Vec::new(),
         };
-        self.shared.lock().segments.insert(number, state);
+        {
+            let mut shared = self.shared.lock();
+            shared.spares.retain(|n| Some(*n) != spare);
+            shared.segments.insert(number, state);
+        }
         self.active = Some(Active {
             number,
             file,
@@ -342,15 +353,19 @@ impl Writer {
             group = config.group,
             segment = number,
             sequence_first = header.sequence_first,
+            recycled = header.recycled,
             "staging: new segment"
         );
         Ok(())
     }
 
-    fn wait_for_room(&mut self) -> Result<(), StagingError> {
+    /// Waits until a spare exists or a new segment fits; returns the spare to use.
+    fn wait_for_room(&mut self) -> Result<Option<u64>, StagingError> {
         let config = &self.shared.config;
         let mut state = self.shared.lock();
-        while state.bytes_on_disk() + config.segment_bytes > config.capacity_bytes && !state.closing
+        while state.spares.is_empty()
+            && state.bytes_on_disk() + config.segment_bytes > config.capacity_bytes
+            && !state.closing
         {
             if !state.full {
                 tracing::info!(
@@ -372,7 +387,7 @@ impl Writer {
                 "log closed while waiting for room".into(),
             ));
         }
-        Ok(())
+        Ok(state.spares.first().copied())
     }
 
     /// A write or barrier failed: the log stops (a failed fdatasync cannot be retried

@@ -8,6 +8,7 @@
 //! dirty and the resync pass sends them again.
 
 use super::disk::TapDisk;
+use super::mirror::MirrorDisk;
 use crate::nbd::BlockBackend;
 use crate::tls::{self, Fingerprint, Identity};
 use crate::wire::{self, Attach, Flush, Frame, Hello, Role, Trim, WriteBatch, WriteRecord};
@@ -23,7 +24,7 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Bookkeeping bytes counted per queued item besides its data.
 const ITEM_OVERHEAD_BYTES: usize = 64;
 
@@ -90,6 +91,9 @@ pub struct GatewayTarget {
 
 pub struct Forwarder {
     disks: Vec<Arc<TapDisk>>,
+    /// Mirror-target disks (no primary, no tracker): numbered after
+    /// `disks`, so a number past `disks` has no tracker to settle.
+    mirrors: Vec<Arc<MirrorDisk>>,
     queue: Mutex<Queue>,
     more: Notify,
     room: Notify,
@@ -104,6 +108,7 @@ impl Forwarder {
     pub fn new(disks: Vec<Arc<TapDisk>>, bytes_max: usize, batch_bytes_max: usize) -> Forwarder {
         Forwarder {
             disks,
+            mirrors: Vec::new(),
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 bytes: 0,
@@ -120,6 +125,16 @@ impl Forwarder {
 
     pub fn disks(&self) -> &[Arc<TapDisk>] {
         &self.disks
+    }
+
+    /// Adds mirror-target disks, numbered `disks().len()..` on the link.
+    pub fn with_mirrors(mut self, mirrors: Vec<Arc<MirrorDisk>>) -> Forwarder {
+        self.mirrors = mirrors;
+        self
+    }
+
+    pub fn mirrors(&self) -> &[Arc<MirrorDisk>] {
+        &self.mirrors
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -296,7 +311,7 @@ impl Forwarder {
         let result = async {
             self.handshake(&mut writer, &mut inbox, target).await?;
             self.set_connected(true);
-            tracing::info!(gateway = %target.address, disks = self.disks.len(), "linked to gateway; disks attached");
+            tracing::info!(gateway = %target.address, disks = self.disks.len() + self.mirrors.len(), "linked to gateway; disks attached");
             let resync_cancel = cancel.child_token();
             let resync = tokio::spawn(self.clone().resync(resync_cancel.clone()));
             let result = self.stream(&mut writer, &mut inbox, cancel).await;
@@ -347,6 +362,24 @@ impl Forwarder {
                     return Err(TapLinkError::Protocol(format!(
                         "expected ATTACH of {}, got {}",
                         disk.name,
+                        other.kind()
+                    )))
+                }
+            }
+        }
+        for (index, mirror) in self.mirrors.iter().enumerate() {
+            let attach = Attach {
+                disk: (self.disks.len() + index) as u32,
+                size_bytes: mirror.size_bytes,
+                name: mirror.name.clone(),
+            };
+            wire::write_frame(writer, &Frame::Attach(attach.clone())).await?;
+            match expect(inbox).await? {
+                Frame::Attach(answer) if answer == attach => {}
+                other => {
+                    return Err(TapLinkError::Protocol(format!(
+                        "expected ATTACH of {}, got {}",
+                        mirror.name,
                         other.kind()
                     )))
                 }

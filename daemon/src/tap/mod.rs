@@ -10,6 +10,7 @@
 pub mod dirty_map;
 pub mod disk;
 pub mod forwarder;
+pub mod mirror;
 pub mod range_lock;
 pub mod tracker;
 
@@ -23,6 +24,7 @@ use crate::{fsutil, logging};
 use dirty_map::{DirtyMap, DirtyMapError};
 use disk::{Mode, TapBackend, TapDisk};
 use forwarder::{Forwarder, GatewayTarget};
+use mirror::{MirrorBackend, MirrorDisk};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,7 +115,7 @@ fn open_disks(config: &TapConfig) -> Result<Vec<Arc<TapDisk>>, TapError> {
         source,
     })?;
     let mut disks = Vec::new();
-    for disk in &config.disks {
+    for disk in config.disks.iter().filter(|disk| !disk.is_mirror()) {
         let primary = FileBackend::open(&disk.path, false).map_err(|source| TapError::Primary {
             path: disk.path.clone(),
             source,
@@ -133,7 +135,7 @@ fn open_disks(config: &TapConfig) -> Result<Vec<Arc<TapDisk>>, TapError> {
             size_bytes,
             mode: match disk.mode {
                 ForwardMode::Async => Mode::Async,
-                ForwardMode::Sync => Mode::Sync,
+                ForwardMode::Sync | ForwardMode::Mirror => Mode::Sync,
             },
             primary: Arc::new(primary),
             tracker: Arc::new(DiskTracker::new(map, size_bytes)),
@@ -143,17 +145,35 @@ fn open_disks(config: &TapConfig) -> Result<Vec<Arc<TapDisk>>, TapError> {
     Ok(disks)
 }
 
+/// Mirror-target disks: no primary, no dirty map (see `mirror`).
+fn mirror_disks(config: &TapConfig) -> Vec<Arc<MirrorDisk>> {
+    let mirrors = config.disks.iter().filter(|disk| disk.is_mirror());
+    mirrors
+        .map(|disk| {
+            Arc::new(MirrorDisk {
+                name: disk.name.clone(),
+                size_bytes: disk.size_bytes,
+                ..MirrorDisk::default()
+            })
+        })
+        .collect()
+}
+
 async fn serve(config: TapConfig) -> Result<(), TapError> {
     let mut signals = signals::listen().map_err(TapError::Runtime)?;
     let identity = Arc::new(open_identity(&config)?);
     let _lock = StateLock::acquire(&config.tap.state_dir)?;
     let disks = open_disks(&config)?;
-    let forwarder = Arc::new(Forwarder::new(
-        disks.clone(),
-        config.forwarding.queue_bytes_max as usize,
-        config.forwarding.batch_bytes_max as usize,
-    ));
-    let exports = disks
+    let mirrors = mirror_disks(&config);
+    let forwarder = Arc::new(
+        Forwarder::new(
+            disks.clone(),
+            config.forwarding.queue_bytes_max as usize,
+            config.forwarding.batch_bytes_max as usize,
+        )
+        .with_mirrors(mirrors.clone()),
+    );
+    let mut exports: Vec<Export> = disks
         .iter()
         .enumerate()
         .map(|(number, disk)| Export {
@@ -166,6 +186,15 @@ async fn serve(config: TapConfig) -> Result<(), TapError> {
             }) as Arc<dyn BlockBackend>,
         })
         .collect();
+    exports.extend(mirrors.iter().enumerate().map(|(index, disk)| Export {
+        name: disk.name.clone(),
+        description: format!("drgw mirror target {}", disk.name),
+        backend: Arc::new(MirrorBackend {
+            number: (disks.len() + index) as u32,
+            disk: disk.clone(),
+            forwarder: Arc::downgrade(&forwarder),
+        }) as Arc<dyn BlockBackend>,
+    }));
     let address = config.nbd_listen_addr();
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -194,7 +223,7 @@ async fn serve(config: TapConfig) -> Result<(), TapError> {
         link_cancel.clone(),
     ));
     tracing::info!(tap = %config.tap.name, nbd = %address, gateway = %config.gateway.address,
-        disks = disks.len(), fingerprint = %identity.fingerprint(), "drgw tap serving");
+        disks = disks.len(), mirrors = mirrors.len(), fingerprint = %identity.fingerprint(), "drgw tap serving");
     notify::ready(&format!("serving NBD on {address}"));
     while let Some(SignalEvent::Reload) = signals.recv().await {
         tracing::info!("SIGHUP: the tap has nothing to reload; restart to apply config changes");
@@ -254,7 +283,7 @@ async fn persist_loop(forwarder: Arc<Forwarder>, state_dir: PathBuf, cancel: Can
 async fn write_status(forwarder: &Forwarder, state_dir: &Path) {
     use std::sync::atomic::Ordering::Relaxed;
     let counters = &forwarder.counters;
-    let disks: Vec<serde_json::Value> = forwarder
+    let mut disks: Vec<serde_json::Value> = forwarder
         .disks()
         .iter()
         .map(|disk| {
@@ -266,6 +295,20 @@ async fn write_status(forwarder: &Forwarder, state_dir: &Path) {
             })
         })
         .collect();
+    // A mirror disk owes nothing after a reply (it has no dirty map): its
+    // dirty and lost bytes are always 0.
+    disks.extend(forwarder.mirrors().iter().map(|disk| {
+        serde_json::json!({
+            "name": disk.name,
+            "size_bytes": disk.size_bytes,
+            "mode": "mirror",
+            "dirty_bytes": 0,
+            "lost_bytes": 0,
+            "staged_bytes": disk.staged_bytes.load(Relaxed),
+            "failed_requests": disk.failed_requests.load(Relaxed),
+            "retried_forwards": disk.retried_forwards.load(Relaxed),
+        })
+    }));
     let status = serde_json::json!({
         "updated_unix_s": crate::clock::unix_seconds(),
         "gateway_connected": forwarder.connected(),

@@ -20,6 +20,8 @@ pub struct Daemon {
     pub log_path: PathBuf,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
+    /// Config text appended after the generated tables.
+    pub extra_sections: String,
 }
 
 /// A port free at the moment of asking (the daemon binds it right after).
@@ -34,6 +36,25 @@ pub fn free_port() -> u16 {
 impl Daemon {
     pub fn start(name: &str) -> Daemon {
         Daemon::start_with(name, &[], "")
+    }
+
+    /// Starts a daemon whose config ends with `sections` (whole tables).
+    pub fn start_with_sections(name: &str, sections: &str) -> Daemon {
+        let directory = tempfile::tempdir().unwrap();
+        let mut daemon = Daemon {
+            name: name.to_string(),
+            config_path: directory.path().join("drgw.toml"),
+            socket: directory.path().join("control.sock"),
+            port: free_port(),
+            log_path: directory.path().join("drgw.log"),
+            directory,
+            child: None,
+            extra_env: Vec::new(),
+            extra_sections: sections.to_string(),
+        };
+        daemon.write_config("", 200, 2000);
+        daemon.spawn();
+        daemon
     }
 
     /// Starts a daemon with extra environment and extra config text
@@ -52,6 +73,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            extra_sections: String::new(),
         };
         daemon.write_config(replication_extra, 200, 2000);
         daemon.spawn();
@@ -67,7 +89,8 @@ impl Daemon {
              connect_retry_ms_max = 1000\n{replication_extra}\n\n\
              [control]\nsocket = \"{socket}\"\n\n\
              [volumes]\ncache = \"{root}/cache\"\nretention = \"{root}/retention\"\n\n\
-             [log]\nlevel = \"debug\"\n",
+             [log]\nlevel = \"debug\"\n\n{extra}\n",
+            extra = self.extra_sections,
             name = self.name,
             port = self.port,
             socket = self.socket.display(),
