@@ -118,7 +118,7 @@ free_port() {
 signal_pidfile() {
   local pid
   pid=$(cat "$1" 2>/dev/null) || return 0
-  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "${3:-$DRGW_BIN}" || return 0
+  [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "${3:-$DRGW_BIN}" || return 0
   kill -"${2:-KILL}" "$pid" 2>/dev/null || true
 }
 

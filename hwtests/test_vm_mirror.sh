@@ -13,10 +13,11 @@ source "$(dirname "$0")/vm/lib.sh"
 disk=vm-mirror size=$((64 << 20)) offset_mb=8 mb=16
 
 vm_prepare
-write_config gw 127.0.0.1 "$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+write_config gw 127.0.0.1 "$(free_port)"
 start_daemon gw
-tap_setup gw "$disk" "$size" mirror
-tap_start gw "$disk"
+vm_write_mirror_tap_config tap gw "$disk" "$size"
+start_tap tap
+wait_until 20 "the tap attaches $disk" disk_attached gw "$disk"
 echo "gateway and tap (mirror disk) up"
 
 # The VM's own disk, with data before the mirror starts (the bulk copy)
@@ -39,26 +40,29 @@ qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nographic -no-reboot -no-shutdown -
 qemu_pid=$!
 on_exit "kill -9 $qemu_pid 2>/dev/null"
 python3 "$(dirname "$0")/vm/qmp.py" --qmp "$work/qmp.sock" --control "$work/control.sock" \
-  --console "$console" --device local --nbd-port "$tap_port" --export "$disk" --timeout 150 ||
-  { grep -a '^DRGW-' "$console" >&2 || true; tail -n 20 "$work/tap/drgw.log" >&2; fail "QMP mirror choreography"; }
+  --console "$console" --device local --nbd-port "$(cat "$work/tap/nbd-port")" --export "$disk" --timeout 150 ||
+  { grep -a '^DRGW-' "$console" >&2 || true; fail "QMP mirror choreography"; }
 wait "$qemu_pid" || fail "qemu exited with $? ($(cat "$work/qemu.err"))"
 echo "VM done in $((SECONDS - booted))s"
 grep -a '^DRGW-' "$console"
 
 wrote=$(vm_field "$console" WROTE sha256)
 [ -n "$wrote" ] || fail "the guest did not report its pattern"
-in_local=$(dd if="$local_disk" bs=1M skip="$offset_mb" count="$mb" 2>/dev/null | sha256sum | cut -d' ' -f1)
+in_local=$(vm_range_sha "$local_disk" "$offset_mb" "$mb")
 [ "$in_local" = "$wrote" ] || fail "the local disk holds $in_local where the guest wrote $wrote"
 
-wait_until 30 "the tap settles" tap_settled
-python3 - "$work/tap/state/status.json" <<'PY'
+wait_until 30 "the tap settles" tap_settled tap
+python3 - "$work/tap/state/status.json" <<'PY' || fail "the mirror disk failed requests or was read"
 import json, sys
 disk = json.load(open(sys.argv[1]))["disks"][0]
-print(f"tap: mirror disk staged {disk['staged_bytes']} bytes, {disk['failed_requests']} failed requests")
+print(f"tap: mirror disk staged {disk['staged_bytes']} bytes; failed requests "
+      f"{disk['failed_requests']}, retried forwards {disk['retried_forwards']}, "
+      f"reads (refused) {disk['refused_reads']}")
+sys.exit(0 if disk["failed_requests"] == 0 and disk["refused_reads"] == 0 else 1)
 PY
-stop_pid "$tap_pid"
-stop_pid "$(cat "$work/gw/pid")"
-replay_group gw "$tap_group" "$size" "$work/replayed.img"
-[ "$(sha "$work/replayed.img")" = "$(sha "$local_disk")" ] ||
-  fail "staged records replayed ($(sha "$work/replayed.img")) differ from the VM's disk ($(sha "$local_disk"))"
-echo "staged stream replayed equals the VM's local disk ($(sha "$local_disk"))"
+stop_pidfile "$work/tap/pid" TERM
+stop_pidfile "$work/gw/pid" TERM
+vm_replay gw tap "$size" "$work/replayed.img"
+[ "$(vm_sha "$work/replayed.img")" = "$(vm_sha "$local_disk")" ] ||
+  fail "staged records replayed ($(vm_sha "$work/replayed.img")) differ from the VM's disk ($(vm_sha "$local_disk"))"
+echo "staged stream replayed equals the VM's local disk ($(vm_sha "$local_disk"))"

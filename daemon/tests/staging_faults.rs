@@ -37,7 +37,7 @@ fn segment_files(directory: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(directory)
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
+        .filter(|path| path.is_file() && path.extension().is_some_and(|e| e == "segment"))
         .collect();
     files.sort();
     files
@@ -59,7 +59,9 @@ fn replay(gateway: &Daemon, group_id: u64, key: Option<&std::path::Path>) -> std
     if output.status.success() {
         let image = std::fs::read(&out).unwrap();
         let mut output = output;
-        output.stdout = sha256_hex(&image).into_bytes();
+        // Keep the replay report for messages; the first line is the hash.
+        let report = String::from_utf8_lossy(&output.stdout).to_string();
+        output.stdout = format!("{}\n{report}", sha256_hex(&image)).into_bytes();
         return output;
     }
     output
@@ -147,10 +149,17 @@ fn encrypted_staging_hides_the_data_and_replays_with_the_key() {
         "{}",
         String::from_utf8_lossy(&with_key.stderr)
     );
-    assert_eq!(
-        String::from_utf8(with_key.stdout).unwrap(),
-        sha256_hex(&data)
-    );
+    let text = String::from_utf8(with_key.stdout).unwrap();
+    if text.lines().next() != Some(sha256_hex(&data).as_str()) {
+        let image = std::fs::read(gateway.directory.path().join("replayed.img")).unwrap();
+        let primary = std::fs::read(&tap.primary).unwrap();
+        panic!(
+            "replay differs from the data: {}; primary vs data: {}; replay: {text}\ngateway log:\n{}",
+            common::describe_difference(&image, &data),
+            common::describe_difference(&primary, &data),
+            gateway.log()
+        );
+    }
 }
 
 #[test]

@@ -71,10 +71,10 @@ fn writes_while_the_gateway_is_away_are_resynchronised() {
     let data = pseudo_random(7, 64 << 20);
     std::fs::write(&source, &data).unwrap();
     nbdcopy(source.to_str().unwrap(), &tap.uri());
-    let status = tap.status();
-    assert!(
-        status["disks"][0]["dirty_bytes"].as_u64().unwrap() > 0,
-        "{status:#}"
+    tap.wait_status(
+        "dirty regions while the gateway is away",
+        Duration::from_secs(10),
+        |status| status["disks"][0]["dirty_bytes"].as_u64().unwrap_or(0) >= 64 << 20,
     );
     // The gateway comes back: the tap reconnects and resends only what is dirty.
     gateway.spawn();

@@ -22,17 +22,24 @@ vm_packages() {
   ((${#missing[@]})) || return 0
   echo "vm: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  apt-get update -qq || vm_skip "apt-get update failed"
   local version
   version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
   apt-get install -y -qq --no-install-recommends --allow-downgrades \
-    "${missing[@]}" "qemu-utils=$version" >/dev/null
+    "${missing[@]}" "qemu-utils=$version" >/dev/null || vm_skip "cannot install ${missing[*]}"
+}
+
+# vm_skip REASON: exit 77 (hwtests/run reports the test skipped)
+vm_skip() {
+  echo "SKIP: $*" >&2
+  exit 77
 }
 
 # vm_kernel: sets vm_vmlinuz and vm_moddir (the directory of its modules,
 # empty when virtio-blk is built in). Uses an installed kernel that has
-# virtio-blk, else unpacks Debian's linux-image-amd64 into $vm_cache once
-# (apt-get download + dpkg-deb -x: no hooks run, /boot is untouched).
+# virtio-blk, else unpacks Debian's linux-image-amd64 once and keeps its
+# kernel, config and virtio modules in $vm_cache/kernel-min (apt-get
+# download + dpkg-deb -x: no hooks run, /boot is untouched).
 vm_kernel() {
   local image version
   for image in /boot/vmlinuz-*; do
@@ -48,23 +55,28 @@ vm_kernel() {
       return 0
     fi
   done
-  if ! ls "$vm_cache"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
-    echo "vm: unpacking Debian's kernel package into $vm_cache/kernel"
+  local kept=$vm_cache/kernel-min
+  if ! ls "$kept"/boot/vmlinuz-* >/dev/null 2>&1; then
+    echo "vm: unpacking Debian's kernel package into $kept"
     local package download
     package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
     [ -n "$package" ] || { apt-get update -qq &&
       package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); }
     download=$(mktemp -d)
-    (cd "$download" && apt-get download -qq "$package" 2>/dev/null) || fail "apt-get download $package"
-    rm -rf "$vm_cache/kernel.tmp"
-    mkdir -p "$vm_cache/kernel.tmp"
-    dpkg-deb -x "$download"/*.deb "$vm_cache/kernel.tmp"
-    rm -rf "$download" "$vm_cache/kernel"
-    mv "$vm_cache/kernel.tmp" "$vm_cache/kernel"
+    (cd "$download" && apt-get download -qq "$package" 2>/dev/null) || vm_skip "apt-get download $package failed"
+    dpkg-deb -x "$download"/*.deb "$download/root"
+    rm -rf "$kept.tmp"
+    mkdir -p "$kept.tmp/boot" "$kept.tmp/modules"
+    cp "$download"/root/boot/vmlinuz-* "$download"/root/boot/config-* "$kept.tmp/boot/"
+    local module
+    for module in $vm_modules; do
+      find "$download/root/lib/modules" -name "$module.ko*" -exec cp {} "$kept.tmp/modules/" \;
+    done
+    rm -rf "$download" "$kept"
+    mv "$kept.tmp" "$kept"
   fi
-  vm_vmlinuz=$(ls "$vm_cache"/kernel/boot/vmlinuz-* | head -n 1)
-  version=${vm_vmlinuz##*/vmlinuz-}
-  vm_moddir=$vm_cache/kernel/lib/modules/$version
+  vm_vmlinuz=$(ls "$kept"/boot/vmlinuz-* | head -n 1)
+  vm_moddir=$kept/modules
 }
 
 # vm_pvh: when the kernel can boot as PVH, unpacks its ELF vmlinux (once,
@@ -76,7 +88,7 @@ vm_pvh() {
   grep -q '^CONFIG_PVH=y' "$config" 2>/dev/null || return 0
   elf=$vm_cache/vmlinux-$version
   if [ ! -s "$elf" ]; then
-    offset=$(grep -abo $'\xfd7zXZ\x00' "$vm_vmlinuz" | head -n 1 | cut -d: -f1)
+    offset=$(LC_ALL=C grep -abo $'\xfd7zXZ' "$vm_vmlinuz" | head -n 1 | cut -d: -f1)
     [ -n "$offset" ] || return 0
     mkdir -p "$vm_cache"
     tail -c +$((offset + 1)) "$vm_vmlinuz" | xz -dc >"$elf.tmp" 2>/dev/null || true
@@ -143,81 +155,49 @@ vm_field() {
   grep "^DRGW-$2 " "$1" | tr -d '\r' | tr ' ' '\n' | sed -n "s/^$3=//p" | head -n 1
 }
 
-# tap_setup GATEWAY DISK SIZE MODE: writes $work/tap/tap.toml for one disk
-# (a primary file $work/tap/primary.img of SIZE bytes, or a mirror disk when
-# MODE is mirror), pairs the tap with GATEWAY and protects DISK there in
-# group-1. Sets tap_port and tap_group (the gateway's group id).
-tap_setup() {
-  local gateway=$1 disk=$2 size=$3 mode=$4 root="$work/tap"
+# vm_write_mirror_tap_config NAME GATEWAY DISK SIZE_BYTES: as
+# write_tap_config (hwtests/lib.sh), but DISK is a mirror disk: no primary,
+# its size in the config.
+vm_write_mirror_tap_config() {
+  local name=$1 gateway=$2 disk=$3 size=$4 root="$work/$1" port
   mkdir -p "$root"
-  tap_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  local where
-  if [ "$mode" = mirror ]; then
-    where="size_bytes = $size"
-  else
-    truncate -s "$size" "$root/primary.img"
-    where="path = \"$root/primary.img\""
-  fi
+  port=$(free_port)
+  echo "$port" >"$root/nbd-port"
+  echo "$disk" >"$root/disk"
   cat >"$root/tap.toml" <<CONFIG
 [tap]
-name = "tap-1"
+name = "$name"
 state_dir = "$root/state"
 [gateway]
-address = "127.0.0.1:$(gateway_port "$gateway")"
+address = "127.0.0.1:$(sed -n 's/^port = //p' "$work/$gateway/drgw.toml")"
 fingerprint = "$(fingerprint "$gateway")"
 [nbd]
 address = "127.0.0.1"
-port = $tap_port
+port = $port
 [log]
 level = "debug"
 [[disk]]
 name = "$disk"
-mode = "$mode"
-$where
+mode = "mirror"
+size_bytes = $size
 CONFIG
   local tap_fingerprint
-  tap_fingerprint=$("$DRGW_BIN" --config "$root/tap.toml" tap --print-fingerprint | awk '$1 == "fingerprint" {print $2}')
-  drgw_cli "$gateway" pair add --name tap-1 --tap --fingerprint "$tap_fingerprint" >/dev/null
-  tap_group=$(drgw_cli "$gateway" protect "$disk" --group group-1 --tap tap-1 --size "$size" --json |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["group_id"])')
+  tap_fingerprint=$("$DRGW_BIN" --config "$root/tap.toml" tap --print-fingerprint | awk '$1 == "fingerprint" { print $2 }')
+  [ -n "$tap_fingerprint" ] || fail "tap $name printed no fingerprint"
+  drgw_cli "$gateway" pair add --name "$name" --tap --fingerprint "$tap_fingerprint" >/dev/null
+  drgw_cli "$gateway" protect "$disk" --group group-1 --tap "$name" --size "$size" --json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["group_id"])' >"$root/group-id"
 }
 
-gateway_port() { sed -n 's/^port = //p' "$work/$1/drgw.toml" | head -n 1; }
-
-# tap_start GATEWAY DISK: runs the tap, waits until the gateway sees DISK attached
-tap_start() {
-  local gateway=$1 disk=$2 root="$work/tap"
-  "$DRGW_BIN" --config "$root/tap.toml" tap 2>>"$root/drgw.log" &
-  tap_pid=$!
-  on_exit "kill -9 $tap_pid 2>/dev/null"
-  wait_until 20 "the tap attaches $disk" disk_attached "$gateway" "$disk"
+# vm_replay GATEWAY TAP SIZE OUT: `drgw staging replay` of the tap's group
+vm_replay() {
+  "$DRGW_BIN" staging replay "$work/$1/cache/staging/group-$(cat "$work/$2/group-id")" \
+    --size "$3" --out "$4" || fail "drgw staging replay"
 }
 
-disk_attached() {
-  [ "$(json_get "$1" "any(d['name'] == '$2' and d['attached'] for d in s['protected_disks'])")" = True ]
-}
+vm_sha() { sha256sum "$1" | cut -d' ' -f1; }
 
-# tap_settled: the tap's status.json shows every forward acknowledged
-tap_settled() {
-  python3 - "$work/tap/state/status.json" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-ok = s["gateway_connected"] and s["pending_bytes"] == 0 and all(
-    d["dirty_bytes"] == 0 and d["lost_bytes"] == 0 for d in s["disks"])
-sys.exit(0 if ok else 1)
-PY
+# vm_range_sha FILE OFFSET_MB MB: sha256 of MB MiB of FILE from OFFSET_MB MiB
+vm_range_sha() {
+  dd if="$1" bs=1M skip="$2" count="$3" 2>/dev/null | sha256sum | cut -d' ' -f1
 }
-
-# stop_pid PID: SIGTERM and wait
-stop_pid() {
-  kill -TERM "$1"
-  wait "$1" || fail "process $1 exited with status $?"
-}
-
-# replay_group GATEWAY GROUP SIZE OUT: `drgw staging replay` of the group
-replay_group() {
-  "$DRGW_BIN" staging replay "$work/$1/cache/staging/group-$2" --size "$3" --out "$4" ||
-    fail "drgw staging replay"
-}
-
-sha() { sha256sum "$1" | cut -d' ' -f1; }

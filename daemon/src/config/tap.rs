@@ -114,7 +114,7 @@ pub struct TapDisk {
     pub mode: ForwardMode,
     /// Only for a `mirror` disk, and required there: its size in bytes, a
     /// positive multiple of 512 (the other modes take the primary's size).
-    /// 0 when unset.
+    /// 0 is unset (so that a serialized config parses back).
     #[serde(default, deserialize_with = "size_bytes")]
     pub size_bytes: u64,
     /// Bytes of disk per dirty-map bit: a power of two, 4 KiB..=64 MiB.
@@ -221,11 +221,12 @@ fn is_empty_path(path: &Path) -> bool {
     path.as_os_str().is_empty()
 }
 
-/// `[[disk]] size_bytes`: a positive multiple of 512, at most 2^60 (1 EiB).
+/// `[[disk]] size_bytes`: a multiple of 512, at most 2^60 (1 EiB); 0 is
+/// unset.
 fn size_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     let bytes = i64::deserialize(deserializer)?;
-    let problem = if bytes <= 0 {
-        Some(format!("size_bytes {bytes} must be positive"))
+    let problem = if bytes < 0 {
+        Some(format!("size_bytes {bytes} must not be negative"))
     } else if bytes % 512 != 0 {
         Some(format!("size_bytes {bytes} is not a multiple of 512"))
     } else if bytes > 1 << 60 {
@@ -268,8 +269,8 @@ impl diagnostics::Schema for TapConfig {
                 if disk.size_bytes == 0 {
                     missing.push(Missing {
                         field: format!("disk[{index}].size_bytes"),
-                        message: "required key `size_bytes` is missing: a mirror disk has no \
-                                  primary to take its size from"
+                        message: "required key `size_bytes` is missing (or 0): a mirror disk has \
+                                  no primary to take its size from"
                             .to_owned(),
                     });
                 }

@@ -653,6 +653,12 @@ fn a_mirror_disk_has_a_size_and_no_path() {
     assert_eq!(parse(&text).unwrap(), config, "{text}");
     assert!(!text.contains("path"), "{text}");
 
+    // An explicit 0 (unset) is reported at its value.
+    let problem = only_problem(&mirror("size_bytes = 0\n"));
+    assert_eq!(
+        (problem.line, problem.field.as_str()),
+        (8, "disk[0].size_bytes")
+    );
     let problem = only_problem(&mirror(""));
     assert_eq!(
         (problem.line, problem.field.as_str()),
@@ -673,8 +679,7 @@ fn a_mirror_disk_has_a_size_and_no_path() {
         problem.message
     );
     for (value, message) in [
-        ("0", "size_bytes 0 must be positive"),
-        ("-512", "size_bytes -512 must be positive"),
+        ("-512", "size_bytes -512 must not be negative"),
         ("1000", "size_bytes 1000 is not a multiple of 512"),
     ] {
         let problem = only_problem(&mirror(&format!("size_bytes = {value}\n")));

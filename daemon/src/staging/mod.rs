@@ -163,6 +163,7 @@ pub struct StagedRecord {
 /// Counters and fill level of one log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StagingUsage {
+    /// Segment and spare files.
     pub bytes_on_disk: u64,
     pub capacity_bytes: u64,
     pub sequence_first_unreleased: u64,

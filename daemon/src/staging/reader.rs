@@ -84,7 +84,11 @@ fn locate(shared: &Shared, next: u64) -> Result<Option<Cursor>, StagingError> {
 
 /// A segment released while it was being read may already hold a newer segment's
 /// records (its file is recycled): report the release, not corruption.
-pub(super) fn released_meanwhile(shared: &Shared, segment: u64, sequence: u64) -> Option<StagingError> {
+pub(super) fn released_meanwhile(
+    shared: &Shared,
+    segment: u64,
+    sequence: u64,
+) -> Option<StagingError> {
     let state = shared.lock();
     if state.segments.contains_key(&segment) {
         return None;

@@ -195,7 +195,8 @@ pub fn open_scan(directory: &Path, segment: u64) -> Result<File, StagingError> {
 /// Opens a segment for the readers: buffered, with readahead off. Readers touch only
 /// durable batches, whole blocks each; readahead could cache blocks the writer is
 /// about to fill with direct I/O, and a read racing that write could keep stale
-/// pages (the checksums would catch it, but the read would fail).
+/// pages (the checksums would catch it, but the read would fail). In a recycled file,
+/// pages cached from its earlier segment are dropped by the direct writes over them.
 pub fn open_read(directory: &Path, segment: u64) -> Result<File, StagingError> {
     let path = segment_path(directory, segment);
     let file = File::open(&path).map_err(|e| StagingError::io(&path, e))?;

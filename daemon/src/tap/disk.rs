@@ -37,7 +37,11 @@ pub struct TapBackend {
 const ZERO_RECORD_BYTES_MAX: u64 = 4 << 20;
 
 impl TapBackend {
+    /// Marks the range dirty, durably. The caller has counted it pending.
     async fn mark(&self, offset: u64, length: u64) -> io::Result<()> {
+        if self.disk.tracker.is_durably_marked(offset, length) {
+            return Ok(());
+        }
         let tracker = self.disk.tracker.clone();
         tokio::task::spawn_blocking(move || tracker.mark(offset, length))
             .await
@@ -45,8 +49,8 @@ impl TapBackend {
             .map_err(io::Error::other)
     }
 
-    /// Queues a forward (already covered by the dirty map); returns the
-    /// waiter in sync mode.
+    /// Queues a forward (counted pending and covered by the dirty map);
+    /// returns the waiter in sync mode.
     fn forward(&self, payload: Payload) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         let (offset, length) = match &payload {
             Payload::Write { offset, data } => (*offset, data.len() as u64),
@@ -66,10 +70,9 @@ impl TapBackend {
             waiter,
         };
         let Some(forwarder) = self.forwarder.upgrade() else {
-            self.disk.tracker.dropped(offset, length);
+            self.disk.tracker.lost(offset, length);
             return None;
         };
-        self.disk.tracker.queued(offset, length, false);
         match forwarder.offer(item) {
             Ok(()) => receiver,
             Err(_) => {
@@ -87,12 +90,34 @@ impl TapBackend {
         }
     }
 
+    /// Counts the range pending, then marks it: from here until the
+    /// forward is acknowledged nothing clears its grains. On failure the
+    /// range is counted lost (resynchronised later).
+    async fn begin(&self, offset: u64, length: u64) -> io::Result<()> {
+        self.disk.tracker.queued(offset, length, false);
+        let marked = self.mark(offset, length).await;
+        if marked.is_err() {
+            self.disk.tracker.lost(offset, length);
+        }
+        marked
+    }
+
+    /// Runs a primary operation for a range already begun; a failure loses
+    /// the range (it may be partly written: resync will send what is there).
+    async fn on_primary(&self, offset: u64, length: u64, result: io::Result<()>) -> io::Result<()> {
+        if result.is_err() {
+            self.disk.tracker.lost(offset, length);
+        }
+        result
+    }
+
     async fn write_forwarded(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
         let length = data.len() as u64;
-        self.mark(offset, length).await?;
+        self.begin(offset, length).await?;
         let receiver = {
             let _guard = self.disk.ranges.lock(offset, offset + length).await;
-            self.disk.primary.write(offset, data.clone(), fua).await?;
+            let written = self.disk.primary.write(offset, data.clone(), fua).await;
+            self.on_primary(offset, length, written).await?;
             self.forward(Payload::Write { offset, data })
         };
         Self::settle(receiver).await;

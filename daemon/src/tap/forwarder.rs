@@ -20,7 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Short, so that a gateway with a small `peer_timeout_ms` never takes an
+/// idle tap for a silent one; 32 bytes a frame.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -81,6 +83,8 @@ pub struct ForwarderCounters {
     pub dropped_records: AtomicU64,
     pub resynced_bytes: AtomicU64,
     pub connections: AtomicU64,
+    /// Sessions that got through HELLO and every ATTACH.
+    pub attached_sessions: AtomicU64,
 }
 
 pub struct GatewayTarget {
@@ -244,9 +248,12 @@ impl Forwarder {
         let mut backoff = BACKOFF_MIN;
         let mut last_error = String::new();
         while !cancel.is_cancelled() {
-            let started = Instant::now();
+            let connections_before = self.counters.attached_sessions.load(Ordering::Relaxed);
             let result = self.connect_and_serve(&target, &identity, &cancel).await;
             self.set_connected(false);
+            if self.counters.attached_sessions.load(Ordering::Relaxed) != connections_before {
+                backoff = BACKOFF_MIN; // it worked: the next cut starts from the shortest wait
+            }
             match result {
                 Ok(()) => return,
                 Err(error) => {
@@ -256,9 +263,6 @@ impl Forwarder {
                         last_error = text;
                     }
                 }
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff = BACKOFF_MIN;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -310,6 +314,7 @@ impl Forwarder {
         let reader_task = tokio::spawn(read_loop(reader, inbox_sender));
         let result = async {
             self.handshake(&mut writer, &mut inbox, target).await?;
+            self.counters.attached_sessions.fetch_add(1, Ordering::Relaxed);
             self.set_connected(true);
             tracing::info!(gateway = %target.address, disks = self.disks.len() + self.mirrors.len(), "linked to gateway; disks attached");
             let resync_cancel = cancel.child_token();
@@ -340,7 +345,7 @@ impl Forwarder {
             software: format!("drgw {}", env!("CARGO_PKG_VERSION")),
         };
         wire::write_frame(writer, &Frame::Hello(hello)).await?;
-        match expect(inbox).await? {
+        match expect_control(inbox).await? {
             Frame::Hello(_) => {}
             other => {
                 return Err(TapLinkError::Protocol(format!(
@@ -356,7 +361,7 @@ impl Forwarder {
                 name: disk.name.clone(),
             };
             wire::write_frame(writer, &Frame::Attach(attach.clone())).await?;
-            match expect(inbox).await? {
+            match expect_control(inbox).await? {
                 Frame::Attach(answer) if answer == attach => {}
                 other => {
                     return Err(TapLinkError::Protocol(format!(
@@ -374,7 +379,7 @@ impl Forwarder {
                 name: mirror.name.clone(),
             };
             wire::write_frame(writer, &Frame::Attach(attach.clone())).await?;
-            match expect(inbox).await? {
+            match expect_control(inbox).await? {
                 Frame::Attach(answer) if answer == attach => {}
                 other => {
                     return Err(TapLinkError::Protocol(format!(
@@ -637,6 +642,17 @@ async fn read_loop<R: AsyncRead>(
         let stop = item.is_err();
         if inbox.send(item).await.is_err() || stop {
             return;
+        }
+    }
+}
+
+/// The next frame that is not a HEARTBEAT (the gateway may send one at any
+/// time, including in the middle of the handshake).
+async fn expect_control(inbox: &mut Inbox) -> Result<Frame, TapLinkError> {
+    loop {
+        match expect(inbox).await? {
+            Frame::Heartbeat(_) => continue,
+            other => return Ok(other),
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct MirrorDisk {
     pub failed_requests: AtomicU64,
     /// Forwards sent again after the link broke under them.
     pub retried_forwards: AtomicU64,
+    /// READs answered with EIO (the tap holds no data to read).
+    pub refused_reads: AtomicU64,
 }
 
 /// The NBD face of a [`MirrorDisk`].
@@ -39,6 +41,8 @@ pub struct MirrorBackend {
     pub number: u32,
     pub disk: Arc<MirrorDisk>,
     pub forwarder: Weak<Forwarder>,
+    /// How long a request waits for a link: [`LINK_WAIT`].
+    pub link_wait: Duration,
 }
 
 fn unavailable(why: &str) -> io::Error {
@@ -49,9 +53,9 @@ impl MirrorBackend {
     /// Forwards one record and waits for the gateway's ACK. A forward lost
     /// to a broken link is sent again (the client has no reply yet, so a
     /// repeat cannot reorder anything it relies on) until `LINK_WAIT` has
-    /// passed without a link; then EIO.
+    /// passed without a link (`link_wait`); then EIO.
     async fn forward(&self, payload: impl Fn() -> Payload) -> io::Result<()> {
-        let mut deadline = Instant::now() + LINK_WAIT;
+        let mut deadline = Instant::now() + self.link_wait;
         let mut attempt = 0u32;
         loop {
             let forwarder = self
@@ -75,7 +79,7 @@ impl MirrorBackend {
                     return Ok(());
                 }
                 // The link broke under it: wait for the next one from now.
-                deadline = Instant::now() + LINK_WAIT;
+                deadline = Instant::now() + self.link_wait;
             } else {
                 drop(forwarder);
             }
@@ -112,7 +116,10 @@ impl BlockBackend for MirrorBackend {
         true
     }
 
+    /// EIO: there is nothing to read. QEMU's mirror never reads its
+    /// target (hwtests/test_vm_mirror.sh checks that none arrive).
     fn read(&self, _offset: u64, _length: u32) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+        self.disk.refused_reads.fetch_add(1, Ordering::Relaxed);
         Box::pin(async { Err(io::Error::from_raw_os_error(libc::EIO)) })
     }
 
@@ -164,5 +171,80 @@ impl BlockBackend for MirrorBackend {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(forwarder: &Arc<Forwarder>, disk: &Arc<MirrorDisk>) -> MirrorBackend {
+        MirrorBackend {
+            number: 0,
+            disk: disk.clone(),
+            forwarder: Arc::downgrade(forwarder),
+            link_wait: Duration::from_millis(100),
+        }
+    }
+
+    fn mirror_disk() -> Arc<MirrorDisk> {
+        Arc::new(MirrorDisk {
+            name: "m".into(),
+            size_bytes: 1 << 20,
+            ..MirrorDisk::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn without_a_gateway_requests_fail_with_eio_after_the_wait() {
+        let disk = mirror_disk();
+        let forwarder = Arc::new(
+            Forwarder::new(Vec::new(), 1 << 20, 64 << 10).with_mirrors(vec![disk.clone()]),
+        );
+        let backend = backend(&forwarder, &disk);
+        let started = Instant::now();
+        let error = backend.write(0, vec![1; 4096], false).await.unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EIO));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(
+            backend.flush().await.unwrap_err().raw_os_error(),
+            Some(libc::EIO)
+        );
+        let zeroes = backend.write_zeroes(0, 8192, false, true).await;
+        assert_eq!(zeroes.unwrap_err().raw_os_error(), Some(libc::EIO));
+        assert_eq!(
+            backend
+                .trim(0, 4096, false)
+                .await
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EIO)
+        );
+        assert_eq!(disk.failed_requests.load(Ordering::Relaxed), 4);
+        assert_eq!(disk.staged_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(forwarder.pending_bytes(), 0, "nothing was queued");
+    }
+
+    #[tokio::test]
+    async fn reads_fail_and_are_counted() {
+        let disk = mirror_disk();
+        let forwarder = Arc::new(Forwarder::new(Vec::new(), 1 << 20, 64 << 10));
+        let backend = backend(&forwarder, &disk);
+        let error = backend.read(0, 512).await.unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EIO));
+        assert_eq!(disk.refused_reads.load(Ordering::Relaxed), 1);
+        assert!(!backend.read_only() && backend.can_trim() && backend.can_write_zeroes());
+        assert_eq!(backend.size_bytes(), 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_stopping_tap_fails_requests_at_once() {
+        let disk = mirror_disk();
+        let forwarder = Arc::new(Forwarder::new(Vec::new(), 1 << 20, 64 << 10));
+        let backend = backend(&forwarder, &disk);
+        drop(forwarder);
+        let started = Instant::now();
+        assert!(backend.write(0, vec![0; 512], false).await.is_err());
+        assert!(started.elapsed() < Duration::from_millis(100));
     }
 }

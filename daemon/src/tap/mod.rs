@@ -193,6 +193,7 @@ async fn serve(config: TapConfig) -> Result<(), TapError> {
             number: (disks.len() + index) as u32,
             disk: disk.clone(),
             forwarder: Arc::downgrade(&forwarder),
+            link_wait: mirror::LINK_WAIT,
         }) as Arc<dyn BlockBackend>,
     }));
     let address = config.nbd_listen_addr();
@@ -271,6 +272,9 @@ async fn persist_loop(forwarder: Arc<Forwarder>, state_dir: PathBuf, cancel: Can
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticks.tick() => {
+                for disk in forwarder.disks() {
+                    disk.tracker.sweep(tracker::SETTLED_CLEAR_AFTER);
+                }
                 persist(forwarder.disks()).await;
                 write_status(&forwarder, &state_dir).await;
             }
@@ -307,10 +311,12 @@ async fn write_status(forwarder: &Forwarder, state_dir: &Path) {
             "staged_bytes": disk.staged_bytes.load(Relaxed),
             "failed_requests": disk.failed_requests.load(Relaxed),
             "retried_forwards": disk.retried_forwards.load(Relaxed),
+            "refused_reads": disk.refused_reads.load(Relaxed),
         })
     }));
     let status = serde_json::json!({
         "updated_unix_s": crate::clock::unix_seconds(),
+        "updated_unix_ms": crate::clock::unix_nanos() / 1_000_000,
         "gateway_connected": forwarder.connected(),
         "pending_bytes": forwarder.pending_bytes(),
         "forwarded_records": counters.forwarded_records.load(Relaxed),

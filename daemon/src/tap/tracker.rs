@@ -7,10 +7,18 @@
 use super::dirty_map::{DirtyMap, DirtyMapError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a settled grain stays dirty before it is cleared.
+pub const SETTLED_CLEAR_AFTER: Duration = Duration::from_secs(2);
 
 struct State {
     pending: HashMap<u64, u32>,
     lost: BTreeSet<u64>,
+    /// Grains with nothing pending and nothing lost, and since when: they
+    /// are cleared once cold, so that hot grains stay dirty and their next
+    /// writes need no synchronous dirty-map write.
+    settled: HashMap<u64, Instant>,
 }
 
 pub struct DiskTracker {
@@ -35,6 +43,7 @@ impl DiskTracker {
             state: Mutex::new(State {
                 pending: HashMap::new(),
                 lost,
+                settled: HashMap::new(),
             }),
         }
     }
@@ -47,8 +56,15 @@ impl DiskTracker {
     }
 
     /// Durably marks a range dirty (blocking I/O on first touch of a grain).
+    /// Call `queued` first, so that no acknowledgement can clear the grains
+    /// between the mark and the forward.
     pub fn mark(&self, offset: u64, length: u64) -> Result<(), DirtyMapError> {
         self.map.mark(offset, length)
+    }
+
+    /// Whether `mark` would return at once (bits set and durable).
+    pub fn is_durably_marked(&self, offset: u64, length: u64) -> bool {
+        self.map.is_durably_marked(offset, length)
     }
 
     /// A forward of the range is about to be queued. `resync` is true for a
@@ -61,6 +77,7 @@ impl DiskTracker {
             if resync {
                 state.lost.remove(&grain);
             }
+            state.settled.remove(&grain);
             *state.pending.entry(grain).or_insert(0) += 1;
         }
     }
@@ -74,10 +91,26 @@ impl DiskTracker {
             if *count == 0 {
                 state.pending.remove(&grain);
                 if !state.lost.contains(&grain) {
-                    self.map.clear(grain * self.grain_bytes, self.grain_bytes);
+                    state.settled.insert(grain, Instant::now());
                 }
             }
         }
+    }
+
+    /// Clears the grains settled for at least `age`; returns how many.
+    pub fn sweep(&self, age: Duration) -> usize {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let cold: Vec<u64> = state
+            .settled
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= age)
+            .map(|(&grain, _)| grain)
+            .collect();
+        for grain in &cold {
+            state.settled.remove(grain);
+            self.map.clear(grain * self.grain_bytes, self.grain_bytes);
+        }
+        cold.len()
     }
 
     /// A queued forward will never be acknowledged (the link broke).
@@ -90,15 +123,25 @@ impl DiskTracker {
                     state.pending.remove(&grain);
                 }
             }
+            state.settled.remove(&grain);
             state.lost.insert(grain);
+        }
+    }
+
+    /// `lost` for each range.
+    pub fn lost_each(&self, ranges: &[(u64, u64)]) {
+        for &(offset, length) in ranges {
+            self.lost(offset, length);
         }
     }
 
     /// A forward was never queued (no link, or the queue was full).
     pub fn dropped(&self, offset: u64, length: u64) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let grains = self.grains(offset, length);
-        state.lost.extend(grains);
+        for grain in self.grains(offset, length) {
+            state.settled.remove(&grain);
+            state.lost.insert(grain);
+        }
     }
 
     /// The lost grains as coalesced byte ranges (clipped to the disk),
@@ -161,8 +204,16 @@ mod tests {
         tracker.mark(50, 10).unwrap();
         tracker.queued(50, 10, false);
         tracker.acknowledged(0, 100);
+        tracker.sweep(Duration::ZERO);
         assert_eq!(tracker.dirty_bytes(), GRAIN, "second write still pending");
         tracker.acknowledged(50, 10);
+        assert_eq!(
+            tracker.sweep(Duration::from_secs(60)),
+            0,
+            "hot grains stay dirty"
+        );
+        assert_eq!(tracker.dirty_bytes(), GRAIN);
+        assert_eq!(tracker.sweep(Duration::ZERO), 1);
         assert_eq!(tracker.dirty_bytes(), 0);
     }
 
@@ -188,6 +239,7 @@ mod tests {
             "in flight, no longer lost"
         );
         tracker.acknowledged(0, GRAIN);
+        tracker.sweep(Duration::ZERO);
         assert_eq!(tracker.dirty_bytes(), 0);
         assert!(tracker.lost_ranges(16).is_empty());
     }

@@ -507,12 +507,42 @@ impl Tap {
             .unwrap_or(serde_json::Value::Null)
     }
 
-    /// Waits until every forward is acknowledged and the dirty map is clean.
-    pub fn wait_settled(&self, limit: Duration) {
+    /// Polls the tap's status file until `condition` holds.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        limit: Duration,
+        condition: impl Fn(&serde_json::Value) -> bool,
+    ) {
         let deadline = Instant::now() + limit;
         loop {
             let status = self.status();
-            let settled = status["gateway_connected"] == true
+            if condition(&status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tap: waited {limit:?} for {what}: {status:#}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every forward is acknowledged and the dirty map is clean,
+    /// as shown by a status written after this call began (an older one may
+    /// predate the writes just made).
+    pub fn wait_settled(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let called_ms = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()) as u64;
+        loop {
+            let status = self.status();
+            let fresh = status["updated_unix_ms"].as_u64().unwrap_or(0) > called_ms;
+            let settled = fresh
+                && status["gateway_connected"] == true
                 && status["pending_bytes"] == 0
                 && status["disks"].as_array().is_some_and(|disks| {
                     disks
@@ -586,4 +616,29 @@ pub fn replay_staging(gateway: &Daemon, group_id: u64, size_bytes: u64) -> Vec<u
             }
         }
     }
+}
+
+/// Where two images differ, in 64 KiB blocks, for assertion messages.
+pub fn describe_difference(left: &[u8], right: &[u8]) -> String {
+    if left.len() != right.len() {
+        return format!("lengths differ: {} vs {}", left.len(), right.len());
+    }
+    let blocks: Vec<usize> = left
+        .chunks(65536)
+        .zip(right.chunks(65536))
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(index, _)| index)
+        .collect();
+    let shown: Vec<String> = blocks
+        .iter()
+        .take(16)
+        .map(|b| format!("{:#x}", b * 65536))
+        .collect();
+    format!(
+        "{} of {} 64 KiB blocks differ, first at {}",
+        blocks.len(),
+        left.len() / 65536,
+        shown.join(", ")
+    )
 }

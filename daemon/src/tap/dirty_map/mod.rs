@@ -8,11 +8,12 @@
 //! fails its checksum (a torn write) is taken as all dirty: the error is
 //! always towards resynchronising more, never less.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 pub const MAGIC: &[u8; 8] = b"DRGWDMAP";
 pub const FORMAT_VERSION: u32 = 1;
@@ -47,6 +48,15 @@ struct State {
     bits: Vec<u8>,
     /// Pages changed in memory by `clear` and not yet written.
     pages_unwritten: Vec<bool>,
+    /// Pages with newly set bits waiting for the next durable write, and
+    /// the generation that write will carry (group commit).
+    pages_marking: BTreeSet<usize>,
+    generation_open: u64,
+    generation_durable: u64,
+    /// A mark write failed: generations up to this one report the error.
+    generation_failed: u64,
+    failure: Option<String>,
+    writing: bool,
 }
 
 pub struct DirtyMap {
@@ -56,6 +66,7 @@ pub struct DirtyMap {
     disk_bytes: u64,
     grains: u64,
     state: Mutex<State>,
+    durable: Condvar,
 }
 
 fn page_count(grains: u64) -> usize {
@@ -110,7 +121,14 @@ impl DirtyMap {
             state: Mutex::new(State {
                 bits: vec![0u8; pages * PAGE_BITMAP_BYTES],
                 pages_unwritten: vec![false; pages],
+                pages_marking: BTreeSet::new(),
+                generation_open: 1,
+                generation_durable: 0,
+                generation_failed: 0,
+                failure: None,
+                writing: false,
             }),
+            durable: Condvar::new(),
         };
         let mut report = OpenReport {
             created: !existed,
@@ -210,12 +228,17 @@ impl DirtyMap {
         self.file.sync_data().map_err(io_error)
     }
 
-    fn write_page(&self, state: &State, index: usize) -> io::Result<()> {
+    fn page_image(&self, state: &State, index: usize) -> Vec<u8> {
         let mut page = vec![0u8; BLOCK_BYTES];
         let range = index * PAGE_BITMAP_BYTES..(index + 1) * PAGE_BITMAP_BYTES;
         page[..PAGE_BITMAP_BYTES].copy_from_slice(&state.bits[range]);
         let checksum = crc32c::crc32c(&page[..PAGE_BITMAP_BYTES]);
         page[PAGE_BITMAP_BYTES..].copy_from_slice(&checksum.to_le_bytes());
+        page
+    }
+
+    fn write_page(&self, state: &State, index: usize) -> io::Result<()> {
+        let page = self.page_image(state, index);
         self.file
             .write_all_at(&page, (BLOCK_BYTES * (index + 1)) as u64)
     }
@@ -229,36 +252,97 @@ impl DirtyMap {
         first.min(self.grains)..(last + 1).min(self.grains)
     }
 
+    /// Whether every grain of the range is set and already durable: the
+    /// common case, answered without I/O or waiting.
+    pub fn is_durably_marked(&self, offset: u64, length: u64) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.grain_range(offset, length).all(|grain| {
+            let (byte, mask) = ((grain / 8) as usize, 1u8 << (grain % 8));
+            state.bits[byte] & mask != 0
+                && !state.pages_marking.contains(&(byte / PAGE_BITMAP_BYTES))
+        })
+    }
+
     /// Marks `offset..offset+length` dirty, durably: when this returns Ok the
-    /// bits are on disk. Bits already set cost no I/O.
+    /// bits are on disk. Bits already durable cost nothing; concurrent marks
+    /// share one page write per page and one `fdatasync` (group commit).
     pub fn mark(&self, offset: u64, length: u64) -> Result<(), DirtyMapError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut pages_changed = Vec::new();
+        let mut needed = false;
         for grain in self.grain_range(offset, length) {
             let (byte, mask) = ((grain / 8) as usize, 1u8 << (grain % 8));
+            let page = byte / PAGE_BITMAP_BYTES;
             if state.bits[byte] & mask == 0 {
                 state.bits[byte] |= mask;
-                let page = byte / PAGE_BITMAP_BYTES;
-                if pages_changed.last() != Some(&page) {
-                    pages_changed.push(page);
-                }
+                state.pages_marking.insert(page);
+                needed = true;
+            } else if state.pages_marking.contains(&page) {
+                needed = true; // set by another mark, not yet durable
             }
         }
-        if pages_changed.is_empty() {
+        if !needed {
             return Ok(());
         }
-        let io_error = |source| DirtyMapError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        // Written under the lock: a concurrent clear cannot slip a stale page
-        // image in between, and a concurrent mark of the same page waits for
-        // this page to be durable before it returns.
-        for page in pages_changed {
-            self.write_page(&state, page).map_err(io_error)?;
+        let generation = state.generation_open;
+        loop {
+            if state.generation_durable >= generation {
+                return Ok(());
+            }
+            if state.generation_failed >= generation {
+                let reason = state.failure.clone().unwrap_or_default();
+                return Err(DirtyMapError::Io {
+                    path: self.path.clone(),
+                    source: io::Error::other(reason),
+                });
+            }
+            if state.writing {
+                state = self.durable.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state = self.write_marks(state);
+        }
+    }
+
+    /// The group-commit leader: writes every page with pending marks (and
+    /// their current bits, cleared ones included), then `fdatasync`.
+    fn write_marks<'a>(
+        &'a self,
+        mut state: std::sync::MutexGuard<'a, State>,
+    ) -> std::sync::MutexGuard<'a, State> {
+        state.writing = true;
+        let generation = state.generation_open;
+        state.generation_open += 1;
+        let pages: Vec<usize> = std::mem::take(&mut state.pages_marking)
+            .into_iter()
+            .collect();
+        let images: Vec<(usize, Vec<u8>)> = pages
+            .iter()
+            .map(|&page| (page, self.page_image(&state, page)))
+            .collect();
+        for &page in &pages {
             state.pages_unwritten[page] = false;
         }
-        self.file.sync_data().map_err(io_error)
+        drop(state);
+        let result = images
+            .iter()
+            .try_for_each(|(page, image)| {
+                self.file
+                    .write_all_at(image, (BLOCK_BYTES * (page + 1)) as u64)
+            })
+            .and_then(|()| self.file.sync_data());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => state.generation_durable = generation,
+            Err(error) => {
+                state.generation_failed = generation;
+                state.failure = Some(error.to_string());
+                // Not durable: write these pages again with the next marks.
+                state.pages_marking.extend(pages);
+            }
+        }
+        state.writing = false;
+        self.durable.notify_all();
+        state
     }
 
     /// Clears the grains wholly inside `offset..offset+length` in memory;

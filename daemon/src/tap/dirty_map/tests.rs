@@ -95,3 +95,33 @@ fn bad_grain_is_refused() {
     assert!(DirtyMap::open(&path, 1 << 20, 1000).is_err());
     assert!(DirtyMap::open(&path, 1 << 20, 512).is_err());
 }
+
+#[test]
+fn concurrent_marks_share_durable_writes() {
+    let directory = tempfile::tempdir().unwrap();
+    let (map, _) = map_at(&directory, 4 << 30);
+    let map = std::sync::Arc::new(map);
+    let threads: Vec<_> = (0..16u64)
+        .map(|thread| {
+            let map = map.clone();
+            std::thread::spawn(move || {
+                for index in 0..64u64 {
+                    map.mark((thread * 64 + index) * GRAIN * 3, 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(map.dirty_grains(), 16 * 64);
+    assert!(map.is_durably_marked(0, 1));
+    assert!(!map.is_durably_marked(GRAIN, 1));
+    drop(map);
+    let (_, report) = map_at(&directory, 4 << 30);
+    assert_eq!(
+        report.dirty_grains,
+        16 * 64,
+        "every acknowledged mark is on disk"
+    );
+}
