@@ -174,3 +174,34 @@ fn sync_mode_acknowledges_only_staged_writes() {
         "{disk:#}"
     );
 }
+
+#[test]
+fn full_staging_holds_taps_back_and_loses_nothing() {
+    // 64 MiB of staging, no transceiver yet to release it: 96 MiB of writes
+    // fill it. The NBD client is not blocked (async mode): what the gateway
+    // cannot take yet stays in the tap's dirty map.
+    let sections = "[staging]\ncapacity_bytes = 67108864\nsegment_bytes = 16777216\n";
+    let gateway = Daemon::start_with_sections("source", sections);
+    let tap = Tap::start(&gateway, "disk-1", 96 << 20, "async");
+    let data = pseudo_random(9, 96 << 20);
+    write_through(&tap, &data);
+    assert_eq!(
+        sha256_hex(&std::fs::read(&tap.primary).unwrap()),
+        sha256_hex(&data)
+    );
+    gateway.wait_for("staging full", Duration::from_secs(30), |status| {
+        status["groups"][0]["full"] == true
+    });
+    gateway.wait_for_log("staging full", Duration::from_secs(10));
+    tap.wait_status(
+        "writes the gateway could not take kept dirty",
+        Duration::from_secs(30),
+        |status| status["disks"][0]["dirty_bytes"].as_u64().unwrap_or(0) > 0,
+    );
+    let group = &gateway.status()["groups"][0];
+    assert!(
+        group["bytes_on_disk"].as_u64().unwrap() <= 64 << 20,
+        "{group:#}"
+    );
+    assert!(group["problem"].is_null(), "{group:#}");
+}

@@ -29,6 +29,9 @@ pub enum IngestError {
     Unusable { group: String, problem: String },
 }
 
+/// How long an append may wait before a full staging is reported.
+const FULL_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Live per-disk figures for `drgw status`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DiskIngest {
@@ -203,13 +206,7 @@ impl Ingest {
     pub async fn stage(&self, batches: Vec<StageBatch>) -> Result<(), IngestError> {
         for batch in batches {
             let log = self.log(batch.group_id, &batch.group).await?;
-            log.log
-                .append(batch.bodies)
-                .await
-                .map_err(|source| IngestError::Staging {
-                    group: log.name.clone(),
-                    source,
-                })?;
+            Self::append_reporting_full(&log, batch.bodies).await?;
             let now = Instant::now();
             log.oldest_unshipped
                 .lock()
@@ -230,6 +227,34 @@ impl Ingest {
     pub fn group_problem(&self, group_id: u32) -> Option<String> {
         let problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
         problems.get(&group_id).map(|(_, problem)| problem.clone())
+    }
+
+    /// Appends, and says so in the log when the append waits because the
+    /// group's staging is full (taps are held back until it has room).
+    async fn append_reporting_full(
+        log: &GroupLog,
+        bodies: Vec<RecordBody>,
+    ) -> Result<(), IngestError> {
+        let failed = |source| IngestError::Staging {
+            group: log.name.clone(),
+            source,
+        };
+        let append = log.log.append(bodies);
+        tokio::pin!(append);
+        let waited = tokio::select! {
+            result = &mut append => return result.map(|_| ()).map_err(failed),
+            _ = tokio::time::sleep(FULL_REPORT_AFTER) => log.log.usage().full,
+        };
+        if waited {
+            let usage = log.log.usage();
+            tracing::warn!(group = %log.name, bytes_on_disk = usage.bytes_on_disk, capacity_bytes = usage.capacity_bytes,
+                "staging full: taps of this group are held back until shipped records are released");
+        }
+        let result = append.await.map(|_| ()).map_err(failed);
+        if waited {
+            tracing::info!(group = %log.name, "staging has room again");
+        }
+        result
     }
 
     pub fn attached(&self, disk: &str, delta: i32) {
