@@ -2,7 +2,8 @@
 //! config. Today it shows what this build does end to end: two appliances
 //! on loopback, paired by fingerprint, linked over TLS 1.3 on their
 //! replication listeners, refusing an unpaired client, and shutting down
-//! cleanly. Disk replication joins the demo as the data path is built.
+//! cleanly. The tap and staging exist (see `drgw tap`); they join the demo
+//! with the target side, when a write can be followed end to end.
 
 mod sites;
 
