@@ -22,6 +22,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub cache_volume: PathBuf,
     pub retention_volume: PathBuf,
+    /// zstd level of shipped batches; `None` = adaptive.
+    pub zstd_level: Option<i32>,
 }
 
 impl Settings {
@@ -34,6 +36,7 @@ impl Settings {
             drain_timeout: millis(u64::from(config.shutdown.drain_timeout_ms)),
             cache_volume: config.volumes.cache.clone(),
             retention_volume: config.volumes.retention.clone(),
+            zstd_level: config.zstd_level(),
         }
     }
 }
@@ -48,6 +51,12 @@ pub struct Appliance {
     pub refusals: RefusalLog,
     /// The I/O receiver: stages what taps forward.
     pub ingest: Arc<Ingest>,
+    /// Groups replicated to this appliance (target side).
+    pub targets: Arc<crate::target::TargetRegistry>,
+    /// Shipping figures of the groups this appliance replicates (source side).
+    pub ship_board: Arc<crate::ship::ShipBoard>,
+    /// Bandwidth limit of shipping, on its schedule.
+    pub throttle: Arc<crate::throttle::Throttle>,
     pub listen_address: SocketAddr,
     pub max_frame_bytes: u32,
     pub started: Instant,

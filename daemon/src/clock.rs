@@ -16,3 +16,7 @@ pub fn unix_nanos() -> u64 {
         .map(|elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+pub fn unix_millis() -> u64 {
+    unix_nanos() / 1_000_000
+}

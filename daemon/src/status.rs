@@ -22,6 +22,14 @@ pub struct Status {
     pub protected_disks: Vec<ProtectedDiskStatus>,
     /// Consistency groups with their staging (source side).
     pub groups: Vec<crate::ingest::GroupStaging>,
+    /// Shipping of those groups to their targets (source side).
+    pub shipping: Vec<crate::ship::ShipStatus>,
+    /// Bandwidth limit in force for shipping, bytes per second (none: unlimited).
+    pub bandwidth_limit_bytes_per_second: Option<u64>,
+    /// Groups replicated to this appliance (target side).
+    pub target_groups: Vec<crate::target::TargetGroupStatus>,
+    /// Target groups that could not be opened, by directory, and why.
+    pub target_problems: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -123,6 +131,10 @@ pub fn collect(appliance: &Appliance) -> Status {
         volumes,
         protected_disks: protected_disks(appliance),
         groups: appliance.ingest.groups_blocking(),
+        shipping: appliance.ship_board.all(),
+        bandwidth_limit_bytes_per_second: appliance.throttle.current_limit_bytes_per_second(),
+        target_groups: appliance.targets.all().iter().map(|g| g.status()).collect(),
+        target_problems: appliance.targets.problems(),
     }
 }
 

@@ -13,6 +13,10 @@ pub struct ProtectedDisk {
     pub tap: String,
     pub size_bytes: u64,
     pub added_unix_s: u64,
+    /// The paired appliance the group replicates to (absent in records from
+    /// before targets were named: then the only paired appliance).
+    #[serde(default)]
+    pub peer: Option<String>,
 }
 
 impl Catalog {
@@ -49,6 +53,7 @@ impl Catalog {
         group: &str,
         tap: &str,
         size_bytes: u64,
+        peer: Option<&str>,
     ) -> Result<ProtectedDisk, CatalogError> {
         let transaction = self
             .database
@@ -75,6 +80,7 @@ impl Catalog {
                 tap: tap.into(),
                 size_bytes,
                 added_unix_s: crate::clock::unix_seconds(),
+                peer: peer.map(str::to_string),
             };
             let encoded = serde_json::to_vec(&disk).expect("a ProtectedDisk always serialises");
             disks
@@ -152,19 +158,19 @@ mod tests {
         {
             let catalog = Catalog::open(state.path()).unwrap();
             let web = catalog
-                .protect_disk("web-root", "shop", "tap-1", 1 << 30)
+                .protect_disk("web-root", "shop", "tap-1", 1 << 30, None)
                 .unwrap();
             let db = catalog
-                .protect_disk("db-data", "shop", "tap-2", 2 << 30)
+                .protect_disk("db-data", "shop", "tap-2", 2 << 30, None)
                 .unwrap();
             let other = catalog
-                .protect_disk("mail", "mail", "tap-1", 1 << 20)
+                .protect_disk("mail", "mail", "tap-1", 1 << 20, None)
                 .unwrap();
             assert_eq!((web.id, db.id, other.id), (1, 2, 3));
             assert_eq!(web.group_id, db.group_id, "one group, one number");
             assert_ne!(web.group_id, other.group_id);
             let again = catalog
-                .protect_disk("web-root", "x", "tap-9", 1)
+                .protect_disk("web-root", "x", "tap-9", 1, None)
                 .unwrap_err();
             assert!(
                 matches!(again, CatalogError::DiskProtected { .. }),
@@ -181,7 +187,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["db-data", "web-root"]);
         let next = catalog
-            .protect_disk("mail-2", "mail-2", "tap-1", 1)
+            .protect_disk("mail-2", "mail-2", "tap-1", 1, None)
             .unwrap();
         assert_eq!(next.id, 4, "numbers are never reused");
         assert!(matches!(

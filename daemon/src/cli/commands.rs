@@ -39,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             group,
             tap,
             size,
+            peer,
             json,
         } => {
             let request = Request::Protect {
@@ -46,9 +47,47 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 group,
                 tap,
                 size_bytes: size,
+                peer,
             };
             let value = call(&cli.global, request)?;
             emit(json, &value, || print::protected(&value))
+        }
+        Command::Points { group, json } => {
+            let value = call(&cli.global, Request::Points { group })?;
+            emit(json, &value, || print::points(&value))
+        }
+        Command::Bookmark { group, name, json } => {
+            let value = call(&cli.global, Request::Bookmark { group, name })?;
+            emit(json, &value, || {
+                println!(
+                    "bookmark {} taken in {} at sequence {}",
+                    value["name"].as_str().unwrap_or_default(),
+                    value["group"].as_str().unwrap_or_default(),
+                    value["sequence"]
+                )
+            })
+        }
+        Command::Materialize {
+            group,
+            point,
+            disk,
+            out,
+            json,
+        } => {
+            let out = std::path::absolute(&out)
+                .with_context(|| format!("resolving {}", out.display()))?;
+            let request = Request::Materialize {
+                group,
+                point,
+                disk,
+                out: out.display().to_string(),
+            };
+            let value = call(&cli.global, request)?;
+            emit(json, &value, || print::materialized(&value))
+        }
+        Command::Events { json } => {
+            let value = call(&cli.global, Request::Events)?;
+            emit(json, &value, || print::events(&value))
         }
         Command::Unprotect { disk, json } => {
             let value = call(&cli.global, Request::Unprotect { disk: disk.clone() })?;

@@ -72,6 +72,49 @@ pub enum Command {
         /// The disk's size: bytes, or with a K/M/G/T suffix (powers of 1024)
         #[arg(long, value_parser = parse_size)]
         size: u64,
+        /// The paired appliance the group replicates to (default: the only one paired)
+        #[arg(long)]
+        peer: Option<String>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the recovery points of a group replicated to this appliance
+    Points {
+        /// The group (PEER/GROUP when two peers use the same name)
+        group: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an app-consistent bookmark in a group protected here (after freezing the app)
+    Bookmark {
+        group: String,
+        /// The bookmark's name (recover it with --point bookmark:NAME)
+        #[arg(long)]
+        name: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a disk as it was at a recovery point to a raw image file (sparse)
+    Materialize {
+        group: String,
+        /// latest, latest-app, seq:N, bookmark:NAME, @UNIX_SECONDS or YYYY-MM-DDTHH:MM:SSZ
+        #[arg(long)]
+        point: String,
+        /// The disk's name
+        #[arg(long)]
+        disk: String,
+        /// The image to write (replaced if it exists)
+        #[arg(long)]
+        out: PathBuf,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent events: RPO crossings, retention trimmed for space
+    Events {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,

@@ -82,6 +82,94 @@ pub fn status(status: &Status) {
         let header = ["GROUP", "STAGED", "RECORDS", "OLDEST UNSHIPPED", "STATE"].map(String::from);
         table(&header, &rows);
     }
+    if !status.shipping.is_empty() {
+        println!();
+        let limit = status
+            .bandwidth_limit_bytes_per_second
+            .map_or("unlimited".to_string(), |limit| {
+                format!("{}/s", bytes(limit))
+            });
+        println!("SHIPPING (source side; bandwidth limit now: {limit})");
+        let rows: Vec<[String; 6]> = status
+            .shipping
+            .iter()
+            .map(|ship| {
+                let ratio = if ship.wire_bytes_sent > 0 {
+                    format!(
+                        "{:.2}",
+                        ship.raw_bytes_sent as f64 / ship.wire_bytes_sent as f64
+                    )
+                } else {
+                    "-".into()
+                };
+                [
+                    ship.group.clone(),
+                    ship.peer.clone(),
+                    ship.acknowledged_through.to_string(),
+                    bytes(ship.wire_bytes_sent),
+                    format!("{ratio} (zstd {})", ship.zstd_level),
+                    ship.last_ack_latency_ms
+                        .map_or("-".into(), |ms| format!("{ms} ms")),
+                ]
+            })
+            .collect();
+        let header = [
+            "GROUP",
+            "TARGET",
+            "ACKED THROUGH",
+            "SENT",
+            "COMPRESSION",
+            "ACK LATENCY",
+        ]
+        .map(String::from);
+        table(&header, &rows);
+    }
+    if !status.target_groups.is_empty() || !status.target_problems.is_empty() {
+        println!();
+        println!("REPLICATED HERE (target side)");
+        let rows: Vec<[String; 7]> = status
+            .target_groups
+            .iter()
+            .map(|group| {
+                let state = match (&group.problem, group.rpo_exceeded) {
+                    (Some(problem), _) => format!("STOPPED: {problem}"),
+                    (None, true) => format!("RPO above {} s", group.rpo_threshold_s),
+                    (None, false) => "ok".into(),
+                };
+                let window = match (group.oldest_point_unix_ms, group.newest_point_unix_ms) {
+                    (Some(oldest), Some(newest)) => duration(newest.saturating_sub(oldest) / 1000),
+                    _ => "-".into(),
+                };
+                [
+                    format!("{}/{}", group.peer, group.name),
+                    group.rpo_s.map_or("-".into(), |rpo| format!("{rpo:.1} s")),
+                    group.points.to_string(),
+                    window,
+                    format!(
+                        "{} / {}",
+                        bytes(group.journal_bytes),
+                        bytes(group.journal_cap_bytes)
+                    ),
+                    format!("{} / {}", group.applied_through, group.received_through),
+                    state,
+                ]
+            })
+            .collect();
+        let header = [
+            "GROUP",
+            "RPO",
+            "POINTS",
+            "WINDOW",
+            "JOURNAL",
+            "APPLIED / RECEIVED",
+            "STATE",
+        ]
+        .map(String::from);
+        table(&header, &rows);
+        for (directory, problem) in &status.target_problems {
+            println!("  UNUSABLE {directory}: {problem}");
+        }
+    }
     if !status.refusals.is_empty() {
         println!();
         println!("REFUSED CONNECTIONS (most recent last)");
@@ -239,6 +327,63 @@ pub fn bytes(count: u64) -> String {
         format!("{count} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn points(value: &serde_json::Value) {
+    let points = value["points"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{} from {}: {} points (recoverable from sequence {}, applied through {})",
+        value["group"].as_str().unwrap_or_default(),
+        value["peer"].as_str().unwrap_or_default(),
+        points.len(),
+        value["recoverable_from"],
+        value["applied_through"]
+    );
+    let rows: Vec<[String; 3]> = points
+        .iter()
+        .map(|point| {
+            let kind = match point["bookmark"].as_str() {
+                Some(name) => format!("bookmark {name}"),
+                None => "crash-consistent".into(),
+            };
+            [
+                crate::target::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
+                kind,
+                point["sequence"].to_string(),
+            ]
+        })
+        .collect();
+    table(&["TIME (UTC)", "KIND", "SEQUENCE"].map(String::from), &rows);
+}
+
+pub fn materialized(value: &serde_json::Value) {
+    let seconds = value["seconds"].as_f64().unwrap_or(0.0);
+    let size = value["size_bytes"].as_u64().unwrap_or(0);
+    println!(
+        "{} of {} at sequence {} ({}) written to {}: {} in {:.1} s ({}/s)",
+        value["disk"].as_str().unwrap_or_default(),
+        value["group"].as_str().unwrap_or_default(),
+        value["point"]["sequence"],
+        crate::target::format_utc(value["point"]["unix_ms"].as_u64().unwrap_or(0)),
+        value["out"].as_str().unwrap_or_default(),
+        bytes(size),
+        seconds,
+        bytes((size as f64 / seconds.max(1e-9)) as u64),
+    );
+}
+
+pub fn events(value: &serde_json::Value) {
+    let events = value.as_array().cloned().unwrap_or_default();
+    if events.is_empty() {
+        println!("no events since the daemon started");
+    }
+    for event in events {
+        println!(
+            "{}  {}",
+            crate::target::format_utc(event["unix_ms"].as_u64().unwrap_or(0)),
+            event
+        );
     }
 }
 

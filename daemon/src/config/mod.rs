@@ -9,13 +9,18 @@
 //! (`diagnostics`), not just the first one serde trips on. Which fields a
 //! SIGHUP can apply is in `reload`. Reference: `docs/config.md`.
 //!
+//! `[bandwidth]` (`bandwidth`) is the schedule of limits on replication
+//! traffic that `crate::throttle` enforces.
+//!
 //! The tap process has a config file of its own, [`TapConfig`] (`tap`),
 //! read by the same machinery. Reference: `docs/tap-config.md`.
 
+mod bandwidth;
 mod diagnostics;
 mod error;
 mod reload;
 mod tap;
+mod target_settings;
 mod tree;
 mod validate;
 
@@ -26,6 +31,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use bandwidth::{
+    BandwidthConfig, BandwidthWindow, BitRate, ScheduleTimeZone, TimeOfDay, Weekday,
+};
 pub use error::{ConfigError, Problem};
 pub use tap::{
     ForwardMode, ForwardingSection, GatewaySection, NbdSection, TapConfig, TapDisk, TapSection,
@@ -50,6 +58,9 @@ pub struct Config {
     pub control: ControlConfig,
     pub volumes: VolumesConfig,
     pub staging: StagingSettings,
+    pub bandwidth: BandwidthConfig,
+    pub retention: RetentionSettings,
+    pub events: EventsConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -90,6 +101,56 @@ pub struct ReplicationConfig {
     /// Backoff ceiling when dialing a peer, 1000..=600000. Reloadable.
     #[serde(deserialize_with = "validate::connect_retry_ms_max")]
     pub connect_retry_ms_max: u32,
+    /// How often the source stages a crash-consistent recovery point in each
+    /// group, 100..=300000. Needs restart.
+    #[serde(deserialize_with = "validate::point_interval_ms")]
+    pub point_interval_ms: u32,
+    /// zstd level of shipped batches, 1..=19; 0 = adaptive. Needs restart.
+    #[serde(deserialize_with = "validate::zstd_level")]
+    pub zstd_level: u32,
+}
+
+/// `[retention]`: the journal of groups replicated to this appliance
+/// (target role). All need restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// How far back recovery points reach, 1..=720 hours (30 days).
+    #[serde(deserialize_with = "validate::window_hours")]
+    pub window_hours: u32,
+    /// Most bytes of journal per group (the oldest points go first), 256 MiB..=1 PiB.
+    #[serde(deserialize_with = "validate::retention_cap_bytes")]
+    pub cap_bytes: u64,
+    /// Journal segment files, 4 MiB..=1 GiB, a multiple of 4096, at most cap_bytes / 8.
+    #[serde(deserialize_with = "validate::staging_segment_bytes")]
+    pub segment_bytes: u64,
+    /// RPO above this raises an event, 1..=86400 s.
+    #[serde(deserialize_with = "validate::rpo_threshold_s")]
+    pub rpo_threshold_s: u32,
+    /// Encrypt the journal at rest with the key `<state_dir>/staging.key`.
+    pub encrypt: bool,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            window_hours: 24,
+            cap_bytes: 64 << 30,
+            segment_bytes: 64 << 20,
+            rpo_threshold_s: 60,
+            encrypt: false,
+        }
+    }
+}
+
+/// `[events]`: where events (RPO crossings, retention trimmed) go besides
+/// the log and `drgw events`. Reloadable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Absolute path of a command run with each event's JSON on stdin; empty: none.
+    #[serde(deserialize_with = "validate::optional_absolute_path")]
+    pub command: String,
 }
 
 /// `[control]`: the root-only control socket.
@@ -176,6 +237,8 @@ impl Default for ReplicationConfig {
             heartbeat_interval_ms: 1_000,
             peer_timeout_ms: 5_000,
             connect_retry_ms_max: 30_000,
+            point_interval_ms: 5_000,
+            zstd_level: 0,
         }
     }
 }
@@ -284,6 +347,11 @@ impl Config {
         SocketAddr::new(self.replication.address, self.replication.port)
     }
 
+    /// The limits of `[bandwidth]`, for `crate::throttle::Throttle`.
+    pub fn bandwidth_schedule(&self) -> crate::throttle::BandwidthSchedule {
+        crate::throttle::BandwidthSchedule::from(&self.bandwidth)
+    }
+
     /// Dotted names of the fields that differ between `self` (running) and
     /// `new` and that only a restart can apply, e.g. `replication.port`.
     /// Empty when SIGHUP can apply `new` whole.
@@ -294,7 +362,7 @@ impl Config {
 
 impl diagnostics::Schema for Config {
     fn missing(&self) -> Vec<validate::Missing> {
-        Vec::new()
+        validate::missing(self)
     }
 
     fn relations(&self) -> Vec<validate::Relation> {

@@ -5,6 +5,8 @@
 //! the paired appliance and the certificate know us by, so it changes with a
 //! restart, never under live sessions. `[staging]` lays out the staging logs
 //! already on the cache volume, so it too changes only with a restart.
+//! `[bandwidth]` is reloadable, all of it: SIGHUP hands the new schedule to
+//! the running `crate::throttle::Throttle`, which applies it at once.
 
 use super::Config;
 
@@ -27,6 +29,27 @@ pub(super) const RESTART_FIELDS: &[(&str, Changed)] = &[
     }),
     ("replication.max_frame_bytes", |old, new| {
         old.replication.max_frame_bytes != new.replication.max_frame_bytes
+    }),
+    ("replication.point_interval_ms", |old, new| {
+        old.replication.point_interval_ms != new.replication.point_interval_ms
+    }),
+    ("replication.zstd_level", |old, new| {
+        old.replication.zstd_level != new.replication.zstd_level
+    }),
+    ("retention.window_hours", |old, new| {
+        old.retention.window_hours != new.retention.window_hours
+    }),
+    ("retention.cap_bytes", |old, new| {
+        old.retention.cap_bytes != new.retention.cap_bytes
+    }),
+    ("retention.segment_bytes", |old, new| {
+        old.retention.segment_bytes != new.retention.segment_bytes
+    }),
+    ("retention.rpo_threshold_s", |old, new| {
+        old.retention.rpo_threshold_s != new.retention.rpo_threshold_s
+    }),
+    ("retention.encrypt", |old, new| {
+        old.retention.encrypt != new.retention.encrypt
     }),
     ("control.socket", |old, new| {
         old.control.socket != new.control.socket

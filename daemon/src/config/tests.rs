@@ -35,29 +35,45 @@ fn only_problem(text: &str) -> Problem {
     all.remove(0)
 }
 
-/// Every `(section, key)` of the schema, read from the serialized defaults so
-/// that a field added to the structs shows up here by itself.
+/// One complete `[[bandwidth.window]]`.
+const WINDOW: &str =
+    "[[bandwidth.window]]\ndays = [\"mon\"]\nstart = \"08:00\"\nend = \"18:00\"\nmbit = 50\n";
+
+/// Every `(section, key)` of the schema, read from the serialized defaults
+/// (plus one window) so that a field added to the structs shows up here by
+/// itself. The keys of `[[bandwidth.window]]` are under `bandwidth.window`.
 fn schema_fields() -> Vec<(String, String)> {
-    let text = toml::to_string(&Config::default()).expect("defaults serialize");
-    let table: toml::Table = text.parse().expect("serialized defaults parse");
+    let config = parse(WINDOW).expect("a window parses");
+    let text = toml::to_string(&config).expect("a config serializes");
+    let table: toml::Table = text.parse().expect("serialized config parses");
     let mut fields = Vec::new();
     for (section, value) in &table {
         let keys = value
             .as_table()
             .expect("every top-level entry is a section");
-        for key in keys.keys() {
-            fields.push((section.clone(), key.clone()));
+        for (key, value) in keys {
+            match value {
+                toml::Value::Array(tables) => {
+                    let table = tables[0].as_table().expect("an array of tables");
+                    let section = format!("{section}.{key}");
+                    fields.extend(table.keys().map(|key| (section.clone(), key.clone())));
+                }
+                _ => fields.push((section.clone(), key.clone())),
+            }
         }
     }
     fields
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 10] = [
     "appliance",
     "replication",
     "control",
     "volumes",
     "staging",
+    "bandwidth",
+    "retention",
+    "events",
     "log",
     "shutdown",
 ];
@@ -98,6 +114,9 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(config.staging.capacity_bytes, 8_589_934_592);
     assert_eq!(config.staging.segment_bytes, 67_108_864);
     assert!(!config.staging.encrypt);
+    assert_eq!(config.bandwidth.default_mbit, BitRate::ZERO);
+    assert_eq!(config.bandwidth.timezone, ScheduleTimeZone::Local);
+    assert_eq!(config.bandwidth.windows, []);
     assert_eq!(validate::name_problem(&config.appliance.name), None);
 }
 
@@ -133,6 +152,16 @@ drain_timeout_ms = 100
 capacity_bytes = 67108864
 segment_bytes = 33554432
 encrypt = true
+
+[bandwidth]
+default_mbit = 0.5
+timezone = "UTC"
+
+[[bandwidth.window]]
+days = ["sat", "sun"]
+start = "00:00"
+end = "24:00"
+mbit = 100
 "#;
     let config = parse(text).unwrap();
     assert_eq!(config.appliance.name, "drgw-b.site_2");
@@ -153,6 +182,18 @@ encrypt = true
     assert_eq!(config.staging.capacity_bytes, 67_108_864);
     assert_eq!(config.staging.segment_bytes, 33_554_432);
     assert!(config.staging.encrypt);
+    assert_eq!(
+        config.bandwidth.default_mbit,
+        BitRate::from_bits_per_second(500_000)
+    );
+    assert_eq!(config.bandwidth.timezone, ScheduleTimeZone::Utc);
+    let window = BandwidthWindow {
+        days: vec![Weekday::Sat, Weekday::Sun],
+        start: Some(TimeOfDay::MIDNIGHT),
+        end: Some(TimeOfDay::END_OF_DAY),
+        mbit: Some(BitRate::from_bits_per_second(100_000_000)),
+    };
+    assert_eq!(config.bandwidth.windows, [window]);
 }
 
 #[test]
@@ -178,7 +219,7 @@ drain_timeout_ms = \"soon\"
 ";
     let all = problems(text);
     let expected = [
-        (5, 1, "replication.prot", "unknown field `prot`, expected one of `address`, `port`, `max_frame_bytes`, `heartbeat_interval_ms`, `peer_timeout_ms`, `connect_retry_ms_max`"),
+        (5, 1, "replication.prot", "unknown field `prot`, expected one of `address`, `port`, `max_frame_bytes`, `heartbeat_interval_ms`, `peer_timeout_ms`, `connect_retry_ms_max`, `point_interval_ms`, `zstd_level`"),
         (6, 8, "replication.port", "port 70000 is out of range: allowed 1..=65535"),
         (9, 20, "shutdown.drain_timeout_ms", "expected an integer, found a string"),
     ];
@@ -334,6 +375,18 @@ fn wrong_type_in_each_kind_of_field() {
             "encrypt",
             "\"yes\"",
             "expected a boolean, found a string",
+        ),
+        (
+            "bandwidth",
+            "default_mbit",
+            "\"50\"",
+            "expected a number, found a string",
+        ),
+        (
+            "bandwidth",
+            "timezone",
+            "0",
+            "expected a string, found an integer",
         ),
     ];
     for (section, key, value, message) in cases {
@@ -686,12 +739,26 @@ fn changes_needing_restart_lists_exactly_the_restart_fields() {
         ("replication", "heartbeat_interval_ms", "2000", false),
         ("replication", "peer_timeout_ms", "9000", false),
         ("replication", "connect_retry_ms_max", "60000", false),
+        ("replication", "point_interval_ms", "1000", true),
+        ("replication", "zstd_level", "3", true),
+        ("retention", "window_hours", "48", true),
+        ("retention", "cap_bytes", "1073741824", true),
+        ("retention", "segment_bytes", "33554432", true),
+        ("retention", "rpo_threshold_s", "300", true),
+        ("retention", "encrypt", "true", true),
+        ("events", "command", "\"/usr/local/bin/notify\"", false),
         ("control", "socket", "\"/run/other.sock\"", true),
         ("staging", "capacity_bytes", "17179869184", true),
         ("staging", "segment_bytes", "33554432", true),
         ("staging", "encrypt", "true", true),
         ("volumes", "cache", "\"/cache\"", false),
         ("volumes", "retention", "\"/retention\"", false),
+        ("bandwidth", "default_mbit", "5", false),
+        ("bandwidth", "timezone", "\"UTC\"", false),
+        ("bandwidth.window", "days", "[\"sat\"]", false),
+        ("bandwidth.window", "start", "\"09:00\"", false),
+        ("bandwidth.window", "end", "\"17:00\"", false),
+        ("bandwidth.window", "mbit", "0.5", false),
         ("log", "level", "\"debug\"", false),
         ("shutdown", "drain_timeout_ms", "5000", false),
     ];
@@ -710,9 +777,10 @@ fn changes_needing_restart_lists_exactly_the_restart_fields() {
         Vec::<&str>::new()
     );
     let mut all_changed = String::new();
+    let mut window_changed = String::from("[[bandwidth.window]]\n");
     let mut restart_expected = Vec::new();
     for (section, key, value, restart) in cases {
-        let text = format!("[{section}]\n{key} = {value}\n");
+        let text = one_field(section, key, value);
         let new = parse(&text).unwrap();
         assert_ne!(new, old, "{section}.{key} = {value} is the default");
         let dotted = format!("{section}.{key}");
@@ -722,13 +790,30 @@ fn changes_needing_restart_lists_exactly_the_restart_fields() {
             vec![]
         };
         assert_eq!(old.changes_needing_restart(&new), expected, "{dotted}");
-        all_changed.push_str(&format!("{section}.{key} = {value}\n"));
+        match section {
+            "bandwidth.window" => window_changed.push_str(&format!("{key} = {value}\n")),
+            _ => all_changed.push_str(&format!("{section}.{key} = {value}\n")),
+        }
         if restart {
             restart_expected.push(dotted);
         }
     }
-    let new = parse(&all_changed).unwrap();
+    let new = parse(&(all_changed + &window_changed)).unwrap();
+    assert_eq!(new.bandwidth.windows.len(), 1);
     assert_eq!(old.changes_needing_restart(&new), restart_expected);
+}
+
+/// `key = value` under its section's header; for a key of a window, in
+/// [`WINDOW`] in place of its own line.
+fn one_field(section: &str, key: &str, value: &str) -> String {
+    if section != "bandwidth.window" {
+        return format!("[{section}]\n{key} = {value}\n");
+    }
+    let lines = WINDOW.lines().map(|line| match line.split_once(" = ") {
+        Some((name, _)) if name == key => format!("{key} = {value}\n"),
+        _ => format!("{line}\n"),
+    });
+    lines.collect()
 }
 
 #[test]
@@ -786,7 +871,10 @@ fn serialized_config_parses_back_to_itself() {
 #[test]
 fn example_shows_every_field() {
     for (section, key) in schema_fields() {
-        let header = format!("\n[{section}]\n");
+        let header = match section.as_str() {
+            "bandwidth.window" => "\n# [[bandwidth.window]]\n".to_owned(),
+            _ => format!("\n[{section}]\n"),
+        };
         let start = EXAMPLE
             .find(&header)
             .unwrap_or_else(|| panic!("example lacks [{section}]"));
@@ -802,7 +890,8 @@ fn example_shows_every_field() {
 }
 
 /// `docs/config.md` has one table row per field, under a `## [section]`
-/// heading, whose last column says `restart` or `reload`.
+/// (or `## [[bandwidth.window]]`) heading, whose last column says `restart`
+/// or `reload`.
 #[test]
 fn docs_list_every_field_with_its_reload_class() {
     let docs = include_str!("../../../docs/config.md");
@@ -810,7 +899,12 @@ fn docs_list_every_field_with_its_reload_class() {
     let mut section = String::new();
     for line in docs.lines() {
         if let Some(heading) = line.strip_prefix("## `[") {
-            section = heading.trim_end_matches("]`").to_owned();
+            let heading = heading.trim_start_matches('[');
+            section = heading.trim_end_matches(['`', ']']).to_owned();
+        } else if line.starts_with("## ") {
+            section.clear();
+        } else if section.is_empty() {
+            continue;
         } else if let Some(row) = line.strip_prefix("| `") {
             let key = row.split('`').next().unwrap_or_default();
             let class = line
@@ -841,4 +935,307 @@ fn docs_list_every_field_with_its_reload_class() {
             "{dotted}"
         );
     }
+}
+
+#[test]
+fn bandwidth_example_from_the_docs_parses() {
+    let text = "\
+[bandwidth]
+default_mbit = 0
+timezone = \"local\"
+
+[[bandwidth.window]]
+days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]
+start = \"08:00\"
+end = \"18:00\"
+mbit = 50
+";
+    let bandwidth = parse(text).unwrap().bandwidth;
+    assert_eq!(bandwidth.default_mbit, BitRate::ZERO);
+    assert_eq!(bandwidth.timezone, ScheduleTimeZone::Local);
+    let window = &bandwidth.windows[0];
+    assert_eq!(window.days, Weekday::ALL[..5]);
+    assert_eq!(window.start.unwrap().to_string(), "08:00");
+    assert_eq!(window.end.unwrap().minute_of_day(), 18 * 60);
+    assert_eq!(window.mbit.unwrap().bytes_per_second(), 6_250_000);
+}
+
+#[test]
+fn bandwidth_windows_across_midnight_with_fractions_and_every_day() {
+    let text = "\
+[[bandwidth.window]]
+start = \"22:00\"
+end = \"6:00\"
+mbit = 0.5
+
+[[bandwidth.window]]
+days = [\"sun\"]
+start = \"0:00\"
+end = \"24:00\"
+mbit = 1.25
+";
+    let windows = parse(text).unwrap().bandwidth.windows;
+    assert_eq!(windows[0].days, Weekday::ALL);
+    assert_eq!(windows[0].end.unwrap().to_string(), "06:00");
+    assert_eq!(windows[0].mbit.unwrap().bits_per_second(), 500_000);
+    assert_eq!(windows[0].mbit.unwrap().to_string(), "0.5 Mbit/s");
+    assert_eq!(windows[1].start, Some(TimeOfDay::MIDNIGHT));
+    assert_eq!(windows[1].end, Some(TimeOfDay::END_OF_DAY));
+    assert_eq!(windows[1].mbit.unwrap().bytes_per_second(), 156_250);
+}
+
+#[test]
+fn bandwidth_problems_each_on_its_line() {
+    let text = "\
+[bandwidth]
+default_mbit = -1
+
+[[bandwidth.window]]
+days = [\"mon\", \"Tue\"]
+start = \"25:00\"
+end = \"18:00\"
+mbit = -3
+
+[[bandwidth.window]]
+start = \"08:00\"
+end = \"08:00\"
+mbit = 0
+";
+    let expected = [
+        (2, 16, "bandwidth.default_mbit", "default_mbit -1 is out of range: allowed 0 (unlimited) or 0.01..=100000"),
+        (5, 8, "bandwidth.window[0].days", "unknown day `Tue`, expected one of mon, tue, wed, thu, fri, sat, sun"),
+        (6, 9, "bandwidth.window[0].start", "start `25:00` is not a time of day: write HH:MM, 00:00 to 23:59"),
+        (8, 8, "bandwidth.window[0].mbit", "mbit -3 is out of range: allowed 0.01..=100000"),
+        (12, 7, "bandwidth.window[1].end", "end 08:00 equals start: the window would be empty (for a whole day write start = \"00:00\", end = \"24:00\")"),
+        (13, 8, "bandwidth.window[1].mbit", "mbit 0 is out of range: allowed 0.01..=100000 (a window limits replication, it cannot pause it)"),
+    ];
+    let all = problems(text);
+    let actual: Vec<_> = all
+        .iter()
+        .map(|p| (p.line, p.column, p.field.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(actual, expected);
+}
+
+#[test]
+fn mbit_ranges_at_both_ends() {
+    for (key, zero_allowed) in [("default_mbit", true), ("mbit", false)] {
+        let text = |value: &str| match key {
+            "mbit" => one_field("bandwidth.window", "mbit", value),
+            _ => format!("[bandwidth]\ndefault_mbit = {value}\n"),
+        };
+        for good in ["0.01", "100000", "100000.0", "1", "2.5"] {
+            parse(&text(good)).unwrap_or_else(|e| panic!("{key} = {good} rejected: {e}"));
+        }
+        for bad in [
+            "0.009", "100000.5", "100001", "-0.5", "-3", "nan", "inf", "1e300",
+        ] {
+            let problem = only_problem(&text(bad));
+            assert!(problem.field.ends_with(key), "{key} = {bad}: {problem:?}");
+            assert!(
+                problem.message.contains("is out of range: allowed "),
+                "{key} = {bad}: {}",
+                problem.message
+            );
+        }
+        assert_eq!(parse(&text("0")).is_ok(), zero_allowed, "{key} = 0");
+    }
+    let config = parse("[bandwidth]\ndefault_mbit = 0.000001\n");
+    assert!(config.is_err(), "below 0.01 but not 0");
+}
+
+#[test]
+fn window_times() {
+    for (text, minute) in [("00:00", 0), ("8:30", 510), ("08:30", 510), ("23:59", 1439)] {
+        let config = parse(&one_field(
+            "bandwidth.window",
+            "start",
+            &format!("\"{text}\""),
+        ))
+        .unwrap();
+        let start = config.bandwidth.windows[0].start.unwrap();
+        assert_eq!(start.minute_of_day(), minute, "{text}");
+    }
+    let bad = [
+        "24:00", "25:00", "08:60", "8", "08:0", "008:00", "-1:00", " 08:00", "08:00:00", "", "noon",
+    ];
+    for text in bad {
+        let problem = only_problem(&one_field(
+            "bandwidth.window",
+            "start",
+            &format!("\"{text}\""),
+        ));
+        assert_eq!(
+            (problem.line, problem.field.as_str()),
+            (3, "bandwidth.window[0].start")
+        );
+        assert_eq!(
+            problem.message,
+            format!("start `{text}` is not a time of day: write HH:MM, 00:00 to 23:59")
+        );
+    }
+    parse(&one_field("bandwidth.window", "end", "\"24:00\"")).unwrap();
+    let problem = only_problem(&one_field("bandwidth.window", "end", "\"24:01\""));
+    assert_eq!(problem.field, "bandwidth.window[0].end");
+    assert_eq!(
+        problem.message,
+        "end `24:01` is not a time of day: write HH:MM, 00:00 to 24:00"
+    );
+    let problem = only_problem(&one_field("bandwidth.window", "end", "18:00:00"));
+    assert_eq!(problem.field, "bandwidth.window[0].end");
+    assert_eq!(problem.message, "expected a string, found a datetime");
+}
+
+#[test]
+fn window_days() {
+    let cases = [
+        ("[\"mon\", \"mon\"]", "day `mon` is listed twice"),
+        ("[\"monday\"]", "unknown day `monday`, expected one of mon, tue, wed, thu, fri, sat, sun"),
+        ("[]", "days must list at least one of mon, tue, wed, thu, fri, sat, sun (leave days out for every day)"),
+        ("[\"mon\", 2]", "days must hold day names such as \"mon\", found an integer"),
+        ("[[\"mon\"]]", "days must hold day names such as \"mon\", found an array"),
+        ("\"mon\"", "expected an array of day names, found a string"),
+    ];
+    for (value, message) in cases {
+        let problem = only_problem(&one_field("bandwidth.window", "days", value));
+        assert_eq!(
+            (problem.line, problem.column, problem.field.as_str()),
+            (2, 8, "bandwidth.window[0].days"),
+            "days = {value}"
+        );
+        assert_eq!(problem.message, message, "days = {value}");
+    }
+    let every = one_field(
+        "bandwidth.window",
+        "days",
+        "[\"sun\", \"sat\", \"fri\", \"thu\", \"wed\", \"tue\", \"mon\"]",
+    );
+    assert_eq!(parse(&every).unwrap().bandwidth.windows[0].days.len(), 7);
+}
+
+#[test]
+fn missing_window_keys_are_reported_at_the_window_header() {
+    let text = "[bandwidth]\ndefault_mbit = 10\n\n[[bandwidth.window]]\ndays = [\"sat\"]\n";
+    let all = problems(text);
+    let actual: Vec<_> = all
+        .iter()
+        .map(|p| (p.line, p.field.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(
+        actual,
+        [
+            (
+                4,
+                "bandwidth.window[0].start",
+                "required key `start` is missing: when the window starts, HH:MM"
+            ),
+            (
+                4,
+                "bandwidth.window[0].end",
+                "required key `end` is missing: when the window ends, HH:MM"
+            ),
+            (
+                4,
+                "bandwidth.window[0].mbit",
+                "required key `mbit` is missing: the limit in the window, in Mbit/s"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_bad_window_value_is_not_also_reported_missing_or_empty() {
+    let text = "[[bandwidth.window]]\nstart = \"08:00\"\nend = \"8:0\"\nmbit = 0\n";
+    assert_eq!(
+        located(text),
+        [
+            (3, "bandwidth.window[0].end".to_owned()),
+            (4, "bandwidth.window[0].mbit".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_key_in_a_window() {
+    let problem = only_problem(&format!("{WINDOW}limit = 5\n"));
+    assert_eq!(
+        (problem.line, problem.column, problem.field.as_str()),
+        (6, 1, "bandwidth.window[0].limit")
+    );
+    assert!(
+        problem
+            .message
+            .starts_with("unknown field `limit`, expected one of `days`, `start`, `end`, `mbit`"),
+        "{}",
+        problem.message
+    );
+    let problem = only_problem("[bandwidth.window]\nstart = \"08:00\"\n");
+    assert_eq!(problem.field, "bandwidth.window");
+    assert_eq!(problem.message, "expected an array, found a table");
+}
+
+#[test]
+fn at_most_32_windows() {
+    parse(&WINDOW.repeat(32)).unwrap();
+    let problem = only_problem(&WINDOW.repeat(33));
+    assert_eq!(
+        (problem.line, problem.field.as_str()),
+        (32 * 5 + 1, "bandwidth.window[32]")
+    );
+    assert_eq!(
+        problem.message,
+        "33 windows is too many: at most 32 [[bandwidth.window]]"
+    );
+}
+
+#[test]
+fn timezones() {
+    let zone = |name: &str| parse(&format!("[bandwidth]\ntimezone = \"{name}\"\n"));
+    assert_eq!(
+        zone("local").unwrap().bandwidth.timezone,
+        ScheduleTimeZone::Local
+    );
+    assert_eq!(
+        zone("UTC").unwrap().bandwidth.timezone,
+        ScheduleTimeZone::Utc
+    );
+    for name in ["utc", "Europe/Paris", "", "Local"] {
+        let problem = only_problem(&format!("[bandwidth]\ntimezone = \"{name}\"\n"));
+        assert_eq!(
+            (problem.line, problem.column, problem.field.as_str()),
+            (2, 12, "bandwidth.timezone")
+        );
+        assert!(
+            problem.message.starts_with(&format!(
+                "unknown timezone `{name}`, expected \"local\" or \"UTC\""
+            )),
+            "{}",
+            problem.message
+        );
+    }
+}
+
+#[test]
+fn bandwidth_is_applied_by_a_reload() {
+    let old = Config::default();
+    let text = format!("[bandwidth]\ndefault_mbit = 100\ntimezone = \"UTC\"\n{WINDOW}{WINDOW}");
+    let new = parse(&text).unwrap();
+    assert_ne!(new.bandwidth, old.bandwidth);
+    assert_eq!(old.changes_needing_restart(&new), Vec::<&str>::new());
+    assert_eq!(new.changes_needing_restart(&old), Vec::<&str>::new());
+    assert!(!reload::RESTART_FIELDS
+        .iter()
+        .any(|(name, _)| name.starts_with("bandwidth")));
+}
+
+#[test]
+fn bandwidth_serializes_back_to_itself() {
+    let text = format!(
+        "[bandwidth]\ndefault_mbit = 0.123457\ntimezone = \"UTC\"\n{WINDOW}\
+         [[bandwidth.window]]\nstart = \"22:00\"\nend = \"24:00\"\nmbit = 99999.5\n"
+    );
+    let config = parse(&text).unwrap();
+    let serialized = toml::to_string(&config).unwrap();
+    assert_eq!(parse(&serialized).unwrap(), config, "{serialized}");
+    assert!(serialized.contains("mbit = 50\n"), "{serialized}");
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
+use super::bandwidth::{BandwidthConfig, BitRate, Number, TimeOfDay, Weekday};
 use super::tap::TapConfig;
 use super::Config;
 
@@ -93,6 +94,47 @@ pub(super) fn drain_timeout_ms<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<u32, D::Error> {
     ranged(deserializer, "drain_timeout_ms", 100, 60_000)
+}
+
+pub(super) fn point_interval_ms<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u32, D::Error> {
+    ranged(deserializer, "point_interval_ms", 100, 300_000)
+}
+
+pub(super) fn zstd_level<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    ranged(deserializer, "zstd_level", 0, 19)
+}
+
+pub(super) fn window_hours<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    ranged(deserializer, "window_hours", 1, 720)
+}
+
+/// 256 MiB ..= 1 PiB.
+pub(super) fn retention_cap_bytes<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u64, D::Error> {
+    ranged(deserializer, "cap_bytes", 256 << 20, 1 << 50)
+}
+
+pub(super) fn rpo_threshold_s<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    ranged(deserializer, "rpo_threshold_s", 1, 86_400)
+}
+
+/// Empty, or an absolute path.
+pub(super) fn optional_absolute_path<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    let path = String::deserialize(deserializer)?;
+    if path.is_empty() {
+        return Ok(path);
+    }
+    if path.contains('\0') || !path.starts_with('/') {
+        return Err(de::Error::custom(format!(
+            "path `{path}` is not absolute: give an absolute path, or \"\" for none"
+        )));
+    }
+    Ok(path)
 }
 
 /// 64 MiB ..= 16 TiB.
@@ -200,6 +242,189 @@ pub(super) fn grain_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<
     Ok(bytes)
 }
 
+/// Most `[[bandwidth.window]]` tables: a week of business hours and nights
+/// needs a handful, and each one is checked on every throttled send.
+pub(super) const BANDWIDTH_WINDOWS_MAX: usize = 32;
+
+/// Slowest limit, in Mbit/s (10 kbit/s): slower would hold a 4 MiB batch for
+/// the better part of an hour.
+const MBIT_MIN: f64 = 0.01;
+/// Fastest limit, in Mbit/s (100 Gbit/s): above any link the appliance has.
+const MBIT_MAX: f64 = 100_000.0;
+
+/// `[bandwidth] default_mbit`: 0 (unlimited) or `MBIT_MIN..=MBIT_MAX`.
+pub(super) fn default_mbit<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BitRate, D::Error> {
+    let number = Number::deserialize(deserializer)?;
+    if number.value == 0.0 {
+        return Ok(BitRate::ZERO);
+    }
+    if !(MBIT_MIN..=MBIT_MAX).contains(&number.value) {
+        return Err(de::Error::custom(format!(
+            "default_mbit {} is out of range: allowed 0 (unlimited) or {MBIT_MIN}..={MBIT_MAX}",
+            number.written
+        )));
+    }
+    Ok(BitRate::from_mbit(number.value))
+}
+
+/// `[[bandwidth.window]] mbit`: `MBIT_MIN..=MBIT_MAX`; zero is refused, as a
+/// window that paused replication would let the target fall behind unseen.
+pub(super) fn window_mbit<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BitRate>, D::Error> {
+    let number = Number::deserialize(deserializer)?;
+    if !(MBIT_MIN..=MBIT_MAX).contains(&number.value) {
+        let pause = match number.value == 0.0 {
+            true => " (a window limits replication, it cannot pause it)",
+            false => "",
+        };
+        return Err(de::Error::custom(format!(
+            "mbit {} is out of range: allowed {MBIT_MIN}..={MBIT_MAX}{pause}",
+            number.written
+        )));
+    }
+    Ok(Some(BitRate::from_mbit(number.value)))
+}
+
+/// `[[bandwidth.window]] start`: 00:00 to 23:59.
+pub(super) fn window_start<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TimeOfDay>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match TimeOfDay::parse(&text).filter(|time| *time < TimeOfDay::END_OF_DAY) {
+        Some(time) => Ok(Some(time)),
+        None => Err(de::Error::custom(format!(
+            "start `{text}` is not a time of day: write HH:MM, 00:00 to 23:59"
+        ))),
+    }
+}
+
+/// `[[bandwidth.window]] end`: 00:00 to 24:00 (the end of the day).
+pub(super) fn window_end<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TimeOfDay>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match TimeOfDay::parse(&text) {
+        Some(time) => Ok(Some(time)),
+        None => Err(de::Error::custom(format!(
+            "end `{text}` is not a time of day: write HH:MM, 00:00 to 24:00"
+        ))),
+    }
+}
+
+/// `[[bandwidth.window]] days`: day names, each at most once, at least one.
+/// The whole array is judged at once, so that a problem names `days` and
+/// drops it whole, rather than leaving the other days to a second round.
+pub(super) fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Weekday>, D::Error> {
+    deserializer.deserialize_seq(DaysVisitor)
+}
+
+struct DaysVisitor;
+
+impl<'de> Visitor<'de> for DaysVisitor {
+    type Value = Vec<Weekday>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an array of day names")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut items: A) -> Result<Vec<Weekday>, A::Error> {
+        const ALLOWED: &str = "mon, tue, wed, thu, fri, sat, sun";
+        let mut days = Vec::new();
+        let mut problem = None;
+        while let Some(item) = items.next_element::<AnyValue>()? {
+            if problem.is_some() {
+                continue;
+            }
+            let name = match item {
+                AnyValue::String(name) => name,
+                AnyValue::Other(found) => {
+                    problem = Some(format!(
+                        "days must hold day names such as \"mon\", found {found}"
+                    ));
+                    continue;
+                }
+            };
+            match Weekday::from_name(&name) {
+                None => {
+                    problem = Some(format!("unknown day `{name}`, expected one of {ALLOWED}"));
+                }
+                Some(day) if days.contains(&day) => {
+                    problem = Some(format!("day `{name}` is listed twice"));
+                }
+                Some(day) => days.push(day),
+            }
+        }
+        if days.is_empty() && problem.is_none() {
+            problem = Some(format!(
+                "days must list at least one of {ALLOWED} (leave days out for every day)"
+            ));
+        }
+        match problem {
+            Some(message) => Err(de::Error::custom(message)),
+            None => Ok(days),
+        }
+    }
+}
+
+/// Any TOML value: a string, or the kind of anything else.
+enum AnyValue {
+    String(String),
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for AnyValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AnyValueVisitor)
+    }
+}
+
+struct AnyValueVisitor;
+
+impl<'de> Visitor<'de> for AnyValueVisitor {
+    type Value = AnyValue;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any value")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<AnyValue, E> {
+        Ok(AnyValue::String(value.to_owned()))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<AnyValue, E> {
+        Ok(AnyValue::Other("a boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<AnyValue, E> {
+        Ok(AnyValue::Other("an integer"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<AnyValue, E> {
+        Ok(AnyValue::Other("an integer"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<AnyValue, E> {
+        Ok(AnyValue::Other("a float"))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut items: A) -> Result<AnyValue, A::Error> {
+        while items.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(AnyValue::Other("an array"))
+    }
+
+    /// Tables, and datetimes, which toml hands over as a one-entry table.
+    fn visit_map<A: de::MapAccess<'de>>(self, mut entries: A) -> Result<AnyValue, A::Error> {
+        while entries
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(AnyValue::Other("a table or datetime"))
+    }
+}
+
 /// An integer within `min..=max`, whatever its sign or width in the file, so
 /// that 70000 or -1 for a `u16` reads "out of range" rather than "expected u16".
 fn ranged<'de, D, T>(deserializer: D, name: &str, min: u64, max: u64) -> Result<T, D::Error>
@@ -298,7 +523,78 @@ pub(super) fn relations(config: &Config) -> Vec<Relation> {
         let fields = ["staging.segment_bytes", "staging.capacity_bytes"];
         broken.push(Relation::new(&fields, message));
     }
+    let retention = &config.retention;
+    let retention_segment_max = retention.cap_bytes / 8;
+    if retention.segment_bytes > retention_segment_max {
+        let message = format!(
+            "segment_bytes {} must be at most cap_bytes / 8 ({retention_segment_max})",
+            retention.segment_bytes
+        );
+        let fields = ["retention.segment_bytes", "retention.cap_bytes"];
+        broken.push(Relation::new(&fields, message));
+    }
+    broken.extend(bandwidth_relations(&config.bandwidth));
     broken
+}
+
+/// Not too many windows, and none empty (`start` equal to `end`).
+fn bandwidth_relations(bandwidth: &BandwidthConfig) -> Vec<Relation> {
+    let mut broken = Vec::new();
+    let windows = bandwidth.windows.len();
+    if windows > BANDWIDTH_WINDOWS_MAX {
+        let message = format!(
+            "{windows} windows is too many: at most {BANDWIDTH_WINDOWS_MAX} [[bandwidth.window]]"
+        );
+        let field = format!("bandwidth.window[{BANDWIDTH_WINDOWS_MAX}]");
+        broken.push(Relation::new(&[&field], message));
+    }
+    for (index, window) in bandwidth.windows.iter().enumerate() {
+        let (Some(start), Some(end)) = (window.start, window.end) else {
+            continue;
+        };
+        if start == end {
+            let message = format!(
+                "end {end} equals start: the window would be empty \
+                 (for a whole day write start = \"00:00\", end = \"24:00\")"
+            );
+            let fields = [
+                format!("bandwidth.window[{index}].end"),
+                format!("bandwidth.window[{index}].start"),
+            ];
+            broken.push(Relation::new(&[&fields[0], &fields[1]], message));
+        }
+    }
+    broken
+}
+
+/// The daemon's required fields that the file does not set: those of each
+/// `[[bandwidth.window]]`, reported at its header.
+pub(super) fn missing(config: &Config) -> Vec<Missing> {
+    let mut missing = Vec::new();
+    for (index, window) in config.bandwidth.windows.iter().enumerate() {
+        let required = [
+            (
+                "start",
+                window.start.is_none(),
+                "when the window starts, HH:MM",
+            ),
+            ("end", window.end.is_none(), "when the window ends, HH:MM"),
+            (
+                "mbit",
+                window.mbit.is_none(),
+                "the limit in the window, in Mbit/s",
+            ),
+        ];
+        for (key, absent, what) in required {
+            if absent {
+                missing.push(Missing {
+                    field: format!("bandwidth.window[{index}].{key}"),
+                    message: format!("required key `{key}` is missing: {what}"),
+                });
+            }
+        }
+    }
+    missing
 }
 
 /// The tap's required fields that the file does not set: they hold the

@@ -5,6 +5,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests that copy a whole disk answer when done, however long that takes.
+const LONG_RESPONSE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -18,8 +20,8 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("drgw at {path} did not answer within {} s", RESPONSE_TIMEOUT.as_secs())]
-    Timeout { path: PathBuf },
+    #[error("drgw at {path} did not answer within {seconds} s")]
+    Timeout { path: PathBuf, seconds: u64 },
     #[error("drgw at {path} sent an unreadable response: {reason}")]
     BadResponse { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -39,6 +41,10 @@ pub async fn request(socket: &Path, request: Request) -> Result<serde_json::Valu
             path: path.clone(),
             source,
         })?;
+    let timeout = match request {
+        Request::Materialize { .. } => LONG_RESPONSE_TIMEOUT,
+        _ => RESPONSE_TIMEOUT,
+    };
     let envelope = Envelope {
         version: PROTOCOL_VERSION,
         request,
@@ -48,9 +54,12 @@ pub async fn request(socket: &Path, request: Request) -> Result<serde_json::Valu
     stream.write_all(&line).await.map_err(io_error)?;
     let mut reader = BufReader::new(stream);
     let mut answer = String::new();
-    tokio::time::timeout(RESPONSE_TIMEOUT, reader.read_line(&mut answer))
+    tokio::time::timeout(timeout, reader.read_line(&mut answer))
         .await
-        .map_err(|_| ClientError::Timeout { path: path.clone() })?
+        .map_err(|_| ClientError::Timeout {
+            path: path.clone(),
+            seconds: timeout.as_secs(),
+        })?
         .map_err(io_error)?;
     let response: Response =
         serde_json::from_str(&answer).map_err(|error| ClientError::BadResponse {

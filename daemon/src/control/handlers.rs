@@ -27,8 +27,20 @@ pub async fn handle(
             group,
             tap,
             size_bytes,
-        } => protect(&appliance, &disk, &group, &tap, size_bytes).map(to_value)?,
+            peer,
+        } => protect(&appliance, &disk, &group, &tap, size_bytes, peer.as_deref()).map(to_value)?,
         Request::Unprotect { disk } => unprotect(&appliance, &disk).map(to_value)?,
+        Request::Points { group } => super::recovery::points(&appliance, &group).map(to_value)?,
+        Request::Bookmark { group, name } => {
+            super::recovery::bookmark(&appliance, &group, &name).map(to_value)?
+        }
+        Request::Materialize {
+            group,
+            point,
+            disk,
+            out,
+        } => super::recovery::materialize(&appliance, &group, &point, &disk, &out).map(to_value)?,
+        Request::Events => to_value(crate::target::recent_events()),
     })
     .await;
     outcome.map_err(|error| format!("request handler failed: {error}"))?
@@ -111,6 +123,7 @@ fn protect(
     group: &str,
     tap: &str,
     size_bytes: u64,
+    peer: Option<&str>,
 ) -> Result<ProtectedDisk, String> {
     validate_name(disk).map_err(|error| error.replace("peer name", "disk name"))?;
     validate_name(group).map_err(|error| error.replace("peer name", "group name"))?;
@@ -133,9 +146,54 @@ fn protect(
             "disk size {size_bytes} must be a positive multiple of 512 bytes"
         ));
     }
+    let appliances: Vec<String> = appliance
+        .pins
+        .all()
+        .into_iter()
+        .filter(|p| p.kind == PeerKind::Appliance)
+        .map(|p| p.name)
+        .collect();
+    let peer = match peer {
+        Some(peer) if appliances.iter().any(|a| a == peer) => peer.to_string(),
+        Some(peer) => {
+            return Err(format!(
+                "no appliance named {peer} is paired (see `drgw pair list`)"
+            ))
+        }
+        None => match appliances.as_slice() {
+            [only] => only.clone(),
+            // Staged only until an appliance is paired; then it ships there.
+            [] => String::new(),
+            _ => {
+                return Err(format!(
+                    "several appliances are paired ({}): say which with --peer",
+                    appliances.join(", ")
+                ))
+            }
+        },
+    };
+    if let Some(other) = appliance
+        .catalog
+        .disks()
+        .map_err(|error| error.to_string())?
+        .into_iter()
+        .find(|d| d.group == group && d.peer.as_deref().is_some_and(|p| p != peer))
+    {
+        return Err(format!(
+            "group {group} already replicates to {} (disk {}); a group has one target",
+            other.peer.unwrap_or_default(),
+            other.name
+        ));
+    }
     let protected = appliance
         .catalog
-        .protect_disk(disk, group, tap, size_bytes)
+        .protect_disk(
+            disk,
+            group,
+            tap,
+            size_bytes,
+            Some(peer.as_str()).filter(|p| !p.is_empty()),
+        )
         .map_err(|error| error.to_string())?;
     appliance
         .refresh_disks()

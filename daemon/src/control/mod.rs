@@ -6,6 +6,7 @@
 mod client;
 mod handlers;
 mod protocol;
+mod recovery;
 mod server;
 
 pub use client::{request, ClientError};

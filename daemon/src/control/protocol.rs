@@ -27,10 +27,31 @@ pub enum Request {
         group: String,
         tap: String,
         size_bytes: u64,
+        /// The paired appliance to replicate to; default: the only one.
+        #[serde(default)]
+        peer: Option<String>,
     },
     Unprotect {
         disk: String,
     },
+    /// Recovery points of a group replicated to this appliance.
+    Points {
+        group: String,
+    },
+    /// Stage an app-consistent bookmark in a group protected here.
+    Bookmark {
+        group: String,
+        name: String,
+    },
+    /// Write a disk as it was at a point to an image file (raw, sparse).
+    Materialize {
+        group: String,
+        point: String,
+        disk: String,
+        out: String,
+    },
+    /// Recent events (RPO crossings, retention trims).
+    Events,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

@@ -75,8 +75,28 @@ pub struct GroupStaging {
     pub problem: Option<String>,
 }
 
+/// A tap session that can confirm bookmark barriers, and the groups of the
+/// disks it has attached.
+struct BarrierRoute {
+    tap: String,
+    groups: Vec<u32>,
+    requests: tokio::sync::mpsc::UnboundedSender<BarrierRequest>,
+}
+
+/// Asks a tap to send back, in order after everything it acknowledged so
+/// far, a marker; `done` is answered once the records before it are staged.
+pub struct BarrierRequest {
+    pub id: u64,
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// How long a bookmark waits for the taps of its group to confirm.
+const BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Ingest {
     plan: StagingPlan,
+    barriers: Mutex<HashMap<u64, BarrierRoute>>,
+    barrier_counter: std::sync::atomic::AtomicU64,
     /// Protected disks by name, mirrored from the catalog.
     disks: RwLock<HashMap<String, ProtectedDisk>>,
     logs: tokio::sync::Mutex<HashMap<u32, Arc<GroupLog>>>,
@@ -89,6 +109,8 @@ impl Ingest {
     pub fn new(plan: StagingPlan, disks: Vec<ProtectedDisk>) -> Ingest {
         let ingest = Ingest {
             plan,
+            barriers: Mutex::new(HashMap::new()),
+            barrier_counter: std::sync::atomic::AtomicU64::new(1),
             disks: RwLock::new(HashMap::new()),
             logs: tokio::sync::Mutex::new(HashMap::new()),
             problems: Mutex::new(HashMap::new()),
@@ -221,6 +243,167 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+
+    /// The staging log of a group, for the transceiver.
+    pub async fn shipping_log(
+        &self,
+        group_id: u32,
+        group: &str,
+    ) -> Result<Arc<StagingLog>, IngestError> {
+        Ok(self.log(group_id, group).await?.log.clone())
+    }
+
+    /// The target holds a group's records through `sequence`.
+    pub fn shipped(&self, group_id: u32, sequence: u64) {
+        let Ok(logs) = self.logs.try_lock() else {
+            return;
+        };
+        if let Some(log) = logs.get(&group_id) {
+            let mut oldest = log
+                .oldest_unshipped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if sequence >= log.log.usage().sequence_last_durable {
+                *oldest = None;
+            }
+        }
+    }
+
+    /// Stages a crash-consistent recovery point in every group whose staging
+    /// is open (every `point_interval`, by the daemon).
+    pub async fn take_points(&self) {
+        let logs: Vec<Arc<GroupLog>> = self.logs.lock().await.values().cloned().collect();
+        let unix_ms = crate::clock::unix_millis();
+        for log in logs {
+            if let Err(error) = log.log.append(vec![RecordBody::Point { unix_ms }]).await {
+                tracing::error!(group = %log.name, %error, "staging a recovery point failed");
+            }
+        }
+    }
+
+    /// A tap session announces itself (returns its route number) and the
+    /// channel it takes barrier requests on.
+    pub fn register_barriers(
+        &self,
+        tap: &str,
+        requests: tokio::sync::mpsc::UnboundedSender<BarrierRequest>,
+    ) -> u64 {
+        let route = self
+            .barrier_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.barriers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                route,
+                BarrierRoute {
+                    tap: tap.to_string(),
+                    groups: Vec::new(),
+                    requests,
+                },
+            );
+        route
+    }
+
+    pub fn barrier_groups(&self, route: u64, groups: Vec<u32>) {
+        if let Some(entry) = self
+            .barriers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&route)
+        {
+            entry.groups = groups;
+        }
+    }
+
+    pub fn unregister_barriers(&self, route: u64) {
+        self.barriers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&route);
+    }
+
+    /// Waits until every tap of the group has staged everything it
+    /// acknowledged before now. Refused when a disk of the group has no tap
+    /// attached (its latest writes may be only in that tap's dirty map).
+    async fn barrier(&self, group_id: u32, group: &str) -> Result<(), IngestError> {
+        let refuse = |problem: String| IngestError::Unusable {
+            group: group.to_string(),
+            problem,
+        };
+        let detached: Vec<String> = self
+            .disks()
+            .into_iter()
+            .filter(|d| d.group_id == group_id && !self.disk_figures(&d.name).attached)
+            .map(|d| d.name)
+            .collect();
+        if !detached.is_empty() {
+            return Err(refuse(format!(
+                "no tap has {} attached: writes acknowledged there may not be here yet, so a bookmark now would not be consistent",
+                detached.join(", ")
+            )));
+        }
+        let mut answers = Vec::new();
+        for route in self
+            .barriers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|route| route.groups.contains(&group_id))
+        {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let id = self
+                .barrier_counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if route.requests.send(BarrierRequest { id, done }).is_ok() {
+                answers.push((route.tap.clone(), answer));
+            }
+        }
+        for (tap, answer) in answers {
+            match tokio::time::timeout(BARRIER_TIMEOUT, answer).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(refuse(format!(
+                        "tap {tap} did not confirm within {} s that its acknowledged writes are staged (link down, or lost writes still resyncing)",
+                        BARRIER_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages an app-consistent bookmark in a group: every write acknowledged
+    /// to a tap of the group before this call is before it in the sequence
+    /// (each tap confirms through a barrier in its stream). Returns its
+    /// sequence and time.
+    pub async fn bookmark(&self, group: &str, name: &str) -> Result<(u64, u64), IngestError> {
+        let group_id = self
+            .disks()
+            .into_iter()
+            .find(|d| d.group == group)
+            .map(|d| d.group_id)
+            .ok_or_else(|| IngestError::Unusable {
+                group: group.to_string(),
+                problem: "no such protected group on this appliance".into(),
+            })?;
+        self.barrier(group_id, group).await?;
+        let log = self.log(group_id, group).await?;
+        let unix_ms = crate::clock::unix_millis();
+        let body = RecordBody::Bookmark {
+            name: name.to_string(),
+            unix_ms,
+        };
+        let range = log
+            .log
+            .append(vec![body])
+            .await
+            .map_err(|source| IngestError::Staging {
+                group: group.to_string(),
+                source,
+            })?;
+        Ok((range.start, unix_ms))
     }
 
     /// Why a group's staging cannot take writes, if it cannot.

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames read ahead of the session loop.
 const INBOX_FRAMES_MAX: usize = 16;
+/// Frames the transceiver queues for the session loop to send.
+const OUTBOX_FRAMES_MAX: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -59,6 +61,8 @@ pub enum SessionError {
     Protocol(String),
     #[error("{0}")]
     Ingest(crate::ingest::IngestError),
+    #[error("target: {0}")]
+    Target(String),
 }
 
 /// Who is on the other end and how we got there.
@@ -117,7 +121,9 @@ async fn finish<S: AsyncWrite>(writer: &mut WriteHalf<S>, result: &Result<(), Se
         Err(SessionError::RoleMismatch { .. }) => Some((ErrorCode::NotPaired, result_text(result))),
         Err(SessionError::NotProtected(_)) => Some((ErrorCode::NotProtected, result_text(result))),
         Err(SessionError::Protocol(_)) => Some((ErrorCode::UnexpectedFrame, result_text(result))),
-        Err(SessionError::Ingest(_)) => Some((ErrorCode::Internal, result_text(result))),
+        Err(SessionError::Ingest(_)) | Err(SessionError::Target(_)) => {
+            Some((ErrorCode::Internal, result_text(result)))
+        }
         Err(_) => None,
     };
     if let Some((code, message)) = reply {
@@ -225,8 +231,10 @@ async fn exchange_hello<S: AsyncWrite>(
     Ok((version, remote_id, theirs.name))
 }
 
-/// A link between appliances: heartbeats only, until the transceiver
-/// carries data on it.
+/// A link between appliances: heartbeats, and replication in both
+/// directions. This side ships the groups it protects for the peer (the
+/// transceiver, `ship`), and receives the groups the peer protects for it
+/// (`target`): GROUP and BATCH in, ACK out.
 async fn appliance_loop<S: AsyncWrite>(
     writer: &mut WriteHalf<S>,
     inbox: &mut Inbox,
@@ -234,17 +242,59 @@ async fn appliance_loop<S: AsyncWrite>(
     liveness: &mut Liveness,
 ) -> Result<(), SessionError> {
     let appliance = &context.appliance;
+    let peer = &context.peer.name;
+    let (outbox, mut outgoing) = mpsc::channel::<Frame>(OUTBOX_FRAMES_MAX);
+    let shipping = context.cancel.child_token();
+    let _stop_shipping = shipping.clone().drop_guard();
+    let source =
+        crate::ship::SourceSide::start(appliance.clone(), peer.clone(), outbox, shipping.clone());
     loop {
         tokio::select! {
             _ = context.cancel.cancelled() => return Ok(()),
+            _ = shipping.cancelled() => {
+                return Err(SessionError::Protocol("shipping failed; restarting the link".into()));
+            }
             due = liveness.due() => if due.is_some() {
                 let beat = liveness.heartbeat()?;
                 wire::write_frame(writer, &Frame::Heartbeat(beat)).await?;
             },
+            frame = outgoing.recv() => if let Some(frame) = frame {
+                wire::write_frame(writer, &frame).await?;
+            },
             frame = next_frame(inbox) => match frame? {
                 Frame::Heartbeat(beat) => {
                     let round_trip_us = liveness.received(&beat);
-                    appliance.links.heartbeat_received(&context.peer.name, round_trip_us);
+                    appliance.links.heartbeat_received(peer, round_trip_us);
+                }
+                Frame::Ack(ack) => {
+                    liveness.seen();
+                    if !source.ack(ack.group, ack.sequence_durable) {
+                        tracing::debug!(peer = %peer, group = ack.group, "ACK for a group not shipping here");
+                    }
+                }
+                Frame::Group(info) => {
+                    liveness.seen();
+                    let group = info.group;
+                    let target = appliance
+                        .targets
+                        .announce(peer, info)
+                        .await
+                        .map_err(|error| SessionError::Target(error.to_string()))?;
+                    let ack = wire::Ack { group, sequence_durable: target.received_through() };
+                    wire::write_frame(writer, &Frame::Ack(ack)).await?;
+                }
+                Frame::Batch(batch) => {
+                    liveness.seen();
+                    let group = batch.group;
+                    let target = appliance.targets.get(peer, group).ok_or_else(|| {
+                        SessionError::Protocol(format!("BATCH for group {group} before its GROUP"))
+                    })?;
+                    let durable = target
+                        .receive(batch)
+                        .await
+                        .map_err(|error| SessionError::Target(error.to_string()))?;
+                    let ack = wire::Ack { group, sequence_durable: durable };
+                    wire::write_frame(writer, &Frame::Ack(ack)).await?;
                 }
                 other => return Err(SessionError::Unexpected(other.kind())),
             },

@@ -9,7 +9,7 @@
 use super::liveness::Liveness;
 use super::session::{next_frame, Inbox, SessionContext, SessionError};
 use crate::catalog::ProtectedDisk;
-use crate::ingest::{Ingest, StageBatch};
+use crate::ingest::{BarrierRequest, Ingest, StageBatch};
 use crate::staging::RecordBody;
 use crate::wire::{self, Ack, Attach, Frame};
 use std::collections::HashMap;
@@ -21,7 +21,8 @@ use tokio::io::{AsyncWrite, WriteHalf};
 /// Payload bytes staged in one step at most.
 const STEP_BYTES_MAX: usize = 32 << 20;
 
-type Staging = Pin<Box<dyn Future<Output = Result<u64, SessionError>> + Send>>;
+/// Resolves to the last tap sequence staged and the barriers that came after it.
+type Staging = Pin<Box<dyn Future<Output = Result<(u64, Vec<u64>), SessionError>> + Send>>;
 
 pub(super) async fn run<S: AsyncWrite>(
     writer: &mut WriteHalf<S>,
@@ -29,13 +30,20 @@ pub(super) async fn run<S: AsyncWrite>(
     context: &SessionContext,
     liveness: &mut Liveness,
 ) -> Result<(), SessionError> {
+    let (requests, barrier_requests) = tokio::sync::mpsc::unbounded_channel();
+    let ingest = context.appliance.ingest.clone();
+    let route = ingest.register_barriers(&context.peer.name, requests);
     let mut session = TapSession {
-        ingest: context.appliance.ingest.clone(),
+        ingest,
         tap: context.peer.name.clone(),
         attached: HashMap::new(),
         sequence_last: 0,
+        route,
+        barrier_requests,
+        barriers_pending: HashMap::new(),
     };
     let result = session.serve(writer, inbox, context, liveness).await;
+    session.ingest.unregister_barriers(route);
     for disk in session.attached.values() {
         session.ingest.attached(&disk.name, -1);
     }
@@ -48,6 +56,10 @@ struct TapSession {
     /// The tap's disk numbers on this connection → the protected disk.
     attached: HashMap<u32, ProtectedDisk>,
     sequence_last: u64,
+    route: u64,
+    barrier_requests: tokio::sync::mpsc::UnboundedReceiver<BarrierRequest>,
+    /// Barriers sent to the tap, not yet back.
+    barriers_pending: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TapSession {
@@ -71,9 +83,18 @@ impl TapSession {
                 },
                 done = async { staging.as_mut().expect("guarded").await }, if staging.is_some() => {
                     staging = None;
-                    let ack = Ack { group: 0, sequence_durable: done? };
-                    wire::write_frame(writer, &Frame::Ack(ack)).await?;
+                    let (sequence, barriers) = done?;
+                    if sequence > 0 {
+                        let ack = Ack { group: 0, sequence_durable: sequence };
+                        wire::write_frame(writer, &Frame::Ack(ack)).await?;
+                    }
+                    self.barriers_returned(barriers);
                 }
+                request = self.barrier_requests.recv() => if let Some(request) = request {
+                    let frame = Frame::Bookmark(wire::Bookmark { group: 0, sequence: request.id, name: String::new() });
+                    wire::write_frame(writer, &frame).await?;
+                    self.barriers_pending.insert(request.id, request.done);
+                },
                 frame = next_frame(inbox), if staging.is_none() => {
                     liveness.seen();
                     let mut step = Step::default();
@@ -84,7 +105,14 @@ impl TapSession {
                             Err(_) => break,
                         }
                     }
-                    if let Some(future) = step.into_future(self.ingest.clone()) {
+                    let groups: Vec<u32> = self.attached.values().map(|d| d.group_id).collect();
+                    self.ingest.barrier_groups(self.route, groups);
+                    if step.records == 0 {
+                        // Nothing to stage: barriers are confirmed at once
+                        // (everything before them was staged by earlier steps).
+                        let barriers = std::mem::take(&mut step.barriers);
+                        self.barriers_returned(barriers);
+                    } else if let Some(future) = step.into_future(self.ingest.clone()) {
                         staging = Some(future);
                     }
                 }
@@ -143,12 +171,29 @@ impl TapSession {
                 };
                 step.push(&disk, body, 0);
             }
+            Frame::Bookmark(barrier) => {
+                if !self.barriers_pending.contains_key(&barrier.sequence) {
+                    return Err(SessionError::Protocol(format!(
+                        "BOOKMARK {} was not asked for",
+                        barrier.sequence
+                    )));
+                }
+                step.barriers.push(barrier.sequence);
+            }
             other => return Err(SessionError::Unexpected(other.kind())),
         }
         if step.records > 0 {
             step.sequence_last = self.sequence_last;
         }
         Ok(())
+    }
+
+    fn barriers_returned(&mut self, barriers: Vec<u64>) {
+        for id in barriers {
+            if let Some(done) = self.barriers_pending.remove(&id) {
+                let _ = done.send(());
+            }
+        }
     }
 
     fn attach(&mut self, attach: &Attach) -> Result<(), SessionError> {
@@ -224,6 +269,8 @@ struct Step {
     records: u64,
     bytes: usize,
     sequence_last: u64,
+    /// Barriers the tap sent back in this step (after its records).
+    barriers: Vec<u64>,
 }
 
 impl Step {
@@ -266,12 +313,13 @@ impl Step {
             return None;
         }
         let sequence = self.sequence_last;
+        let barriers = self.barriers;
         Some(Box::pin(async move {
             ingest
                 .stage(self.batches)
                 .await
                 .map_err(SessionError::Ingest)?;
-            Ok(sequence)
+            Ok((sequence, barriers))
         }))
     }
 }

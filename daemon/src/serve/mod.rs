@@ -21,7 +21,7 @@ use signals::SignalEvent;
 use state_lock::{LockError, StateLock};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -88,17 +88,27 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
     let listen_address = listener.local_addr().unwrap_or(address);
     let control_listener = control::bind(&config.control.socket).await?;
     let tls_config = tls::server_config(&identity, pins.clone())?;
+    let key = match config.staging.encrypt || config.retention.encrypt {
+        true => Some(staging_key::load_or_create(state_dir)?),
+        false => None,
+    };
     let plan = StagingPlan {
         cache_directory: config.volumes.cache.clone(),
         capacity_bytes: config.staging.capacity_bytes,
         segment_bytes: config.staging.segment_bytes,
-        encryption_key: match config.staging.encrypt {
-            true => Some(staging_key::load_or_create(state_dir)?),
-            false => None,
-        },
+        encryption_key: key.filter(|_| config.staging.encrypt),
     };
+    let journal_key = key;
     let ingest = Arc::new(Ingest::new(plan, catalog.disks()?));
     ingest.open_all().await;
+    let cancel = CancellationToken::new();
+    let targets = Arc::new(crate::target::TargetRegistry::new(
+        &config.volumes.retention,
+        target_policy(&config, journal_key),
+        cancel.clone(),
+    ));
+    targets.open_existing();
+    crate::target::set_event_hook(config.events_command());
     let appliance = Arc::new(Appliance {
         id,
         name: config.appliance.name.clone(),
@@ -108,6 +118,9 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         links: Default::default(),
         refusals: Default::default(),
         ingest,
+        targets,
+        ship_board: Default::default(),
+        throttle: Arc::new(crate::throttle::Throttle::new(config.bandwidth_schedule())),
         listen_address,
         max_frame_bytes: config.replication.max_frame_bytes,
         started: Instant::now(),
@@ -116,7 +129,6 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         pins_version: watch::Sender::new(0),
     });
     let tracker = TaskTracker::new();
-    let cancel = CancellationToken::new();
     tracker.spawn(link::run_listener(
         listener,
         appliance.clone(),
@@ -136,6 +148,11 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         cancel.clone(),
     ));
     tracker.spawn(notify::watchdog(cancel.clone()));
+    tracker.spawn(take_points(
+        appliance.clone(),
+        config.point_interval(),
+        cancel.clone(),
+    ));
     tracing::info!(
         name = %appliance.name, id = %appliance.id, fingerprint = %appliance.identity.fingerprint(),
         listen = %listen_address, control = %config.control.socket.display(), log = log.destination,
@@ -152,6 +169,30 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
     drain(reason, &appliance, &tracker, &cancel, &mut signals).await;
     let _ = std::fs::remove_file(&config.control.socket);
     Ok(())
+}
+
+/// Every `interval`: a crash-consistent point in each protected group
+/// (source side), and the RPO check of each replicated group (target side).
+async fn take_points(appliance: Arc<Appliance>, interval: Duration, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rpo_checked = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        appliance.ingest.take_points().await;
+        if rpo_checked.elapsed() >= Duration::from_secs(1) {
+            rpo_checked = Instant::now();
+            appliance.targets.check_rpo();
+        }
+    }
+}
+
+/// Retention and RPO policy of replicated groups, from the config.
+fn target_policy(config: &Config, key: Option<[u8; 32]>) -> crate::target::TargetPolicy {
+    config.target_policy(key)
 }
 
 /// Stops accepting, closes links, and waits for in-flight work; a second
@@ -203,6 +244,8 @@ fn reload(config_path: &Path, started: &Config, appliance: &Appliance, log: &Log
             let restart = started.changes_needing_restart(&new);
             log.set_level(new.log.level);
             appliance.settings.send_replace(Settings::from_config(&new));
+            appliance.throttle.set_schedule(new.bandwidth_schedule());
+            crate::target::set_event_hook(new.events_command());
             if restart.is_empty() {
                 tracing::info!("SIGHUP: config reloaded");
             } else {

@@ -149,8 +149,21 @@ pub enum RecordBody {
     Flush {
         disk: u32,
     },
+    /// An app-consistent point: everything staged before it, named.
     Bookmark {
         name: String,
+        /// When the source gateway took it (milliseconds since the epoch).
+        unix_ms: u64,
+    },
+    /// A crash-consistent point: a cut of the group's sequence, taken by the
+    /// source gateway at `unix_ms`.
+    Point {
+        unix_ms: u64,
+    },
+    /// An opaque payload (the target's journal and undo logs use the same
+    /// segment format with these records).
+    Blob {
+        data: Vec<u8>,
     },
 }
 
@@ -386,6 +399,15 @@ impl StagingLog {
         tokio::task::spawn_blocking(move || reader::read_from(&shared, from, max_bytes))
             .await
             .expect("staging reader task panicked")
+    }
+
+    /// `read_from` for callers already on a blocking thread.
+    pub fn read_from_blocking(
+        &self,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StagedRecord>, StagingError> {
+        reader::read_from(&self.shared, from, max_bytes)
     }
 
     /// The target has everything through `sequence`: delete the segments wholly at

@@ -23,6 +23,8 @@ pub enum Kind {
     Flush = 3,
     Bookmark = 4,
     Padding = 5,
+    Point = 6,
+    Blob = 7,
 }
 
 impl Kind {
@@ -33,6 +35,8 @@ impl Kind {
             3 => Kind::Flush,
             4 => Kind::Bookmark,
             5 => Kind::Padding,
+            6 => Kind::Point,
+            7 => Kind::Blob,
             _ => return None,
         })
     }
@@ -85,8 +89,9 @@ pub fn skip_short_gap(position: usize) -> usize {
 pub fn body_payload_bytes(body: &RecordBody) -> usize {
     match body {
         RecordBody::Write { data, .. } => data.len(),
-        RecordBody::Bookmark { name } => name.len(),
-        RecordBody::Trim { .. } | RecordBody::Flush { .. } => 0,
+        RecordBody::Bookmark { name, .. } => name.len(),
+        RecordBody::Blob { data } => data.len(),
+        RecordBody::Trim { .. } | RecordBody::Flush { .. } | RecordBody::Point { .. } => 0,
     }
 }
 
@@ -133,7 +138,15 @@ fn body_header(body: &RecordBody) -> (Kind, u32, u64, u64, &[u8]) {
             length,
         } => (Kind::Trim, *disk, *offset, *length, &[]),
         RecordBody::Flush { disk } => (Kind::Flush, *disk, 0, 0, &[]),
-        RecordBody::Bookmark { name } => (Kind::Bookmark, 0, 0, name.len() as u64, name.as_bytes()),
+        RecordBody::Bookmark { name, unix_ms } => (
+            Kind::Bookmark,
+            0,
+            *unix_ms,
+            name.len() as u64,
+            name.as_bytes(),
+        ),
+        RecordBody::Point { unix_ms } => (Kind::Point, 0, *unix_ms, 0, &[]),
+        RecordBody::Blob { data } => (Kind::Blob, 0, 0, data.len() as u64, data),
     }
 }
 
@@ -288,8 +301,8 @@ fn check_lengths(header: &Header) -> Result<(), Invalid> {
     };
     let payload = u64::from(header.payload_bytes);
     let consistent = match header.kind {
-        Kind::Write | Kind::Bookmark => payload == header.length + tag,
-        Kind::Trim | Kind::Flush => payload == tag,
+        Kind::Write | Kind::Bookmark | Kind::Blob => payload == header.length + tag,
+        Kind::Trim | Kind::Flush | Kind::Point => payload == tag,
         Kind::Padding => true,
     };
     if !consistent {
@@ -341,7 +354,12 @@ pub fn decode_body(
         Kind::Bookmark => RecordBody::Bookmark {
             name: String::from_utf8(plain)
                 .map_err(|_| Invalid::PayloadLength(header.payload_bytes))?,
+            unix_ms: header.disk_offset,
         },
+        Kind::Point => RecordBody::Point {
+            unix_ms: header.disk_offset,
+        },
+        Kind::Blob => RecordBody::Blob { data: plain },
         Kind::Padding => unreachable!("padding has no body"),
     })
 }
@@ -407,9 +425,17 @@ mod tests {
             round_trip(
                 RecordBody::Bookmark {
                     name: "pre-upgrade".into(),
+                    unix_ms: 1_790_000_000_123,
                 },
                 sealer,
             );
+            round_trip(
+                RecordBody::Point {
+                    unix_ms: 1_790_000_000_456,
+                },
+                sealer,
+            );
+            round_trip(RecordBody::Blob { data: vec![3; 777] }, sealer);
         }
     }
 

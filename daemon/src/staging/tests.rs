@@ -92,6 +92,7 @@ fn round_trip_every_kind() {
             RecordBody::Flush { disk: 2 },
             RecordBody::Bookmark {
                 name: "app-consistent".into(),
+                unix_ms: 1_790_000_000_000,
             },
             write(2, 0),
         ];

@@ -55,7 +55,7 @@ impl TapBackend {
         let (offset, length) = match &payload {
             Payload::Write { offset, data } => (*offset, data.len() as u64),
             Payload::Trim { offset, length } => (*offset, *length),
-            Payload::Flush => (0, 0),
+            Payload::Flush | Payload::Barrier { .. } => (0, 0),
         };
         let (waiter, receiver) = match self.disk.mode {
             Mode::Sync => {

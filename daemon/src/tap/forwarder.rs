@@ -29,11 +29,24 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Bookkeeping bytes counted per queued item besides its data.
 const ITEM_OVERHEAD_BYTES: usize = 64;
+/// How long a bookmark barrier waits for lost grains to be resynchronised.
+const BARRIER_WAIT_MAX: Duration = Duration::from_secs(30);
 
 pub enum Payload {
-    Write { offset: u64, data: Vec<u8> },
-    Trim { offset: u64, length: u64 },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Trim {
+        offset: u64,
+        length: u64,
+    },
     Flush,
+    /// A bookmark barrier the gateway asked for: sent back (as BOOKMARK) in
+    /// order after everything queued before it.
+    Barrier {
+        id: u64,
+    },
 }
 
 pub struct Item {
@@ -48,7 +61,7 @@ impl Item {
         match &self.payload {
             Payload::Write { offset, data } => (*offset, data.len() as u64),
             Payload::Trim { offset, length } => (*offset, *length),
-            Payload::Flush => (0, 0),
+            Payload::Flush | Payload::Barrier { .. } => (0, 0),
         }
     }
 
@@ -395,7 +408,7 @@ impl Forwarder {
 
     /// Sends queued forwards and settles them as ACKs arrive.
     async fn stream<S: AsyncWrite>(
-        &self,
+        self: &Arc<Self>,
         writer: &mut WriteHalf<S>,
         inbox: &mut Inbox,
         cancel: &CancellationToken,
@@ -421,6 +434,9 @@ impl Forwarder {
                     match frame {
                         Ok(Frame::Ack(ack)) => self.settle(&mut in_flight, ack.sequence_durable),
                         Ok(Frame::Heartbeat(_)) => {}
+                        Ok(Frame::Bookmark(request)) => {
+                            tokio::spawn(self.clone().barrier(request.sequence));
+                        }
                         Ok(other) => break Err(TapLinkError::Protocol(format!("unexpected {}", other.kind()))),
                         Err(error) => break Err(error),
                     }
@@ -437,6 +453,40 @@ impl Forwarder {
             self.lose(entry.disk, entry.range, entry.bytes, entry.waiter);
         }
         result
+    }
+
+    /// Queues a barrier once nothing acknowledged to a client is missing
+    /// from the stream (lost grains resynchronised), so that the BOOKMARK it
+    /// becomes follows every write acknowledged before the request.
+    async fn barrier(self: Arc<Self>, id: u64) {
+        let deadline = Instant::now() + BARRIER_WAIT_MAX;
+        while self
+            .disks
+            .iter()
+            .any(|disk| !disk.tracker.lost_ranges(1).is_empty())
+        {
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    id,
+                    "bookmark barrier: lost grains still resyncing; not confirmed"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let item = Item {
+            disk: u32::MAX,
+            payload: Payload::Barrier { id },
+            waiter: None,
+        };
+        let mut queue = self.queue();
+        if !queue.connected {
+            return;
+        }
+        queue.bytes += item.bytes();
+        queue.items.push_back(item);
+        drop(queue);
+        self.more.notify_one();
     }
 
     async fn wait_for_items(&self) {
@@ -476,7 +526,22 @@ impl Forwarder {
         let mut writes: Vec<WriteRecord> = Vec::new();
         let mut frames: Vec<Frame> = Vec::new();
         let sent = items.len() as u64;
+        let mut barriers_bytes = 0;
         for item in items {
+            if let Payload::Barrier { id } = item.payload {
+                if !writes.is_empty() {
+                    frames.push(Frame::Write(WriteBatch {
+                        writes: std::mem::take(&mut writes),
+                    }));
+                }
+                frames.push(Frame::Bookmark(wire::Bookmark {
+                    group: 0,
+                    sequence: id,
+                    name: String::new(),
+                }));
+                barriers_bytes += item.bytes();
+                continue;
+            }
             let sequence = *sequence_next;
             *sequence_next += 1;
             in_flight.push_back(InFlight {
@@ -519,6 +584,9 @@ impl Forwarder {
         }
         for frame in &frames {
             wire::write_frame(writer, frame).await?;
+        }
+        if barriers_bytes > 0 {
+            self.release(barriers_bytes);
         }
         self.counters
             .forwarded_records

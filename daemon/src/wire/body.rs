@@ -6,12 +6,13 @@
 use super::cursor::Reader;
 use super::error::{DecodeError, EncodeError};
 use super::frame::{
-    Ack, Attach, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, Heartbeat, Hello, Role,
-    Trim, WriteBatch, WriteRecord,
+    Ack, Attach, Batch, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, GroupDisk,
+    GroupInfo, Heartbeat, Hello, Role, Trim, WriteBatch, WriteRecord,
 };
 use super::{
-    ATTACH_NAME_BYTES_MAX, BOOKMARK_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, HELLO_NAME_BYTES_MAX,
-    HELLO_SOFTWARE_BYTES_MAX, WRITE_RECORD_HEADER_BYTES,
+    ATTACH_NAME_BYTES_MAX, BATCH_FIXED_BYTES, BOOKMARK_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX,
+    GROUP_DISKS_MAX, GROUP_NAME_BYTES_MAX, HELLO_NAME_BYTES_MAX, HELLO_SOFTWARE_BYTES_MAX,
+    WRITE_RECORD_HEADER_BYTES,
 };
 
 const HELLO_FIXED_BYTES: usize = 2 + 2 + 1 + 16;
@@ -36,6 +37,11 @@ pub(crate) fn body_bytes(frame: &Frame) -> usize {
         Frame::Heartbeat(_) => 8 + 8,
         Frame::Error(error) => 2usize.saturating_add(string(&error.message)),
         Frame::Attach(attach) => (4 + 8usize).saturating_add(string(&attach.name)),
+        Frame::Group(group) => group.disks.iter().fold(
+            (4 + 2usize).saturating_add(string(&group.name)),
+            |total, disk| total.saturating_add(12).saturating_add(string(&disk.name)),
+        ),
+        Frame::Batch(batch) => BATCH_FIXED_BYTES.saturating_add(batch.payload.len()),
     }
 }
 
@@ -97,6 +103,54 @@ pub(crate) fn write_body(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeE
             out.extend_from_slice(&attach.size_bytes.to_le_bytes());
             put_string(out, "attach.name", &attach.name, ATTACH_NAME_BYTES_MAX)?;
         }
+        Frame::Group(group) => put_group(group, out)?,
+        Frame::Batch(batch) => {
+            if batch.records == 0 {
+                return Err(EncodeError::EmptyWriteBatch);
+            }
+            if batch.sequence_first > batch.sequence_last {
+                return Err(EncodeError::SequenceNotIncreasing {
+                    previous: batch.sequence_first,
+                    found: batch.sequence_last,
+                });
+            }
+            out.extend_from_slice(&batch.group.to_le_bytes());
+            out.extend_from_slice(&batch.sequence_first.to_le_bytes());
+            out.extend_from_slice(&batch.sequence_last.to_le_bytes());
+            out.extend_from_slice(&batch.records.to_le_bytes());
+            out.push(batch.codec);
+            out.extend_from_slice(&batch.raw_bytes.to_le_bytes());
+            out.extend_from_slice(&batch.raw_crc32c.to_le_bytes());
+            out.extend_from_slice(&batch.payload);
+        }
+    }
+    Ok(())
+}
+
+fn put_group(group: &GroupInfo, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    if group.name.is_empty() {
+        return Err(EncodeError::EmptyName {
+            field: "group.name",
+        });
+    }
+    if group.disks.len() > GROUP_DISKS_MAX {
+        return Err(EncodeError::BodyTooLarge {
+            length: group.disks.len(),
+            max: GROUP_DISKS_MAX as u32,
+        });
+    }
+    out.extend_from_slice(&group.group.to_le_bytes());
+    put_string(out, "group.name", &group.name, GROUP_NAME_BYTES_MAX)?;
+    out.extend_from_slice(&(group.disks.len() as u16).to_le_bytes());
+    for disk in &group.disks {
+        if disk.name.is_empty() {
+            return Err(EncodeError::EmptyName {
+                field: "group.disk.name",
+            });
+        }
+        out.extend_from_slice(&disk.disk.to_le_bytes());
+        out.extend_from_slice(&disk.size_bytes.to_le_bytes());
+        put_string(out, "group.disk.name", &disk.name, ATTACH_NAME_BYTES_MAX)?;
     }
     Ok(())
 }
@@ -202,6 +256,8 @@ pub(crate) fn read_body(kind: FrameKind, body: &[u8]) -> Result<Frame, DecodeErr
             message: reader.string("error.message", ERROR_MESSAGE_BYTES_MAX)?,
         }),
         FrameKind::Attach => Frame::Attach(read_attach(&mut reader)?),
+        FrameKind::Group => Frame::Group(read_group(&mut reader)?),
+        FrameKind::Batch => Frame::Batch(read_batch(&mut reader)?),
     };
     reader.finish()?;
     Ok(frame)
@@ -219,6 +275,68 @@ fn read_attach(reader: &mut Reader<'_>) -> Result<Attach, DecodeError> {
         });
     }
     Ok(attach)
+}
+
+fn read_group(reader: &mut Reader<'_>) -> Result<GroupInfo, DecodeError> {
+    let group = reader.u32("group.group")?;
+    let name = reader.string("group.name", GROUP_NAME_BYTES_MAX)?;
+    if name.is_empty() {
+        return Err(DecodeError::EmptyName {
+            field: "group.name",
+        });
+    }
+    let count = usize::from(reader.u16("group.disks")?);
+    if count > GROUP_DISKS_MAX || count > reader.remaining() / 14 {
+        return Err(DecodeError::RecordCountTooLarge {
+            count: count as u32,
+            max: GROUP_DISKS_MAX.min(reader.remaining() / 14),
+        });
+    }
+    let mut disks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let disk = GroupDisk {
+            disk: reader.u32("group.disk.disk")?,
+            size_bytes: reader.u64("group.disk.size_bytes")?,
+            name: reader.string("group.disk.name", ATTACH_NAME_BYTES_MAX)?,
+        };
+        if disk.name.is_empty() {
+            return Err(DecodeError::EmptyName {
+                field: "group.disk.name",
+            });
+        }
+        disks.push(disk);
+    }
+    Ok(GroupInfo { group, name, disks })
+}
+
+fn read_batch(reader: &mut Reader<'_>) -> Result<Batch, DecodeError> {
+    let group = reader.u32("batch.group")?;
+    let sequence_first = reader.u64("batch.sequence_first")?;
+    let sequence_last = reader.u64("batch.sequence_last")?;
+    let records = reader.u32("batch.records")?;
+    if records == 0 {
+        return Err(DecodeError::EmptyWriteBatch);
+    }
+    if sequence_last < sequence_first {
+        return Err(DecodeError::SequenceNotIncreasing {
+            previous: sequence_first,
+            found: sequence_last,
+        });
+    }
+    let codec = reader.u8("batch.codec")?;
+    let raw_bytes = reader.u32("batch.raw_bytes")?;
+    let raw_crc32c = reader.u32("batch.raw_crc32c")?;
+    let payload = reader.bytes("batch.payload", reader.remaining())?.to_vec();
+    Ok(Batch {
+        group,
+        sequence_first,
+        sequence_last,
+        records,
+        codec,
+        raw_bytes,
+        raw_crc32c,
+        payload,
+    })
 }
 
 fn read_hello(reader: &mut Reader<'_>) -> Result<Hello, DecodeError> {

@@ -117,6 +117,25 @@ pub(crate) fn samples() -> Vec<Frame> {
             size_bytes: 8 << 30,
             name: "db-01-data".to_owned(),
         }),
+        Frame::Group(GroupInfo {
+            group: 3,
+            name: "shop".to_owned(),
+            disks: vec![GroupDisk {
+                disk: 1,
+                size_bytes: 8 << 30,
+                name: "db-01-data".to_owned(),
+            }],
+        }),
+        Frame::Batch(Batch {
+            group: 3,
+            sequence_first: 10,
+            sequence_last: 12,
+            records: 3,
+            codec: 1,
+            raw_bytes: 9000,
+            raw_crc32c: 0xdead_beef,
+            payload: vec![1, 2, 3, 4],
+        }),
     ]
 }
 
@@ -299,7 +318,7 @@ fn frame_type_is_covered_by_the_checksum() {
 
 #[test]
 fn unknown_frame_type() {
-    for code in [0, 10, 255] {
+    for code in [0, 12, 255] {
         let bytes = frame_with_body(code, &[]);
         assert_eq!(
             decode_all(&bytes),

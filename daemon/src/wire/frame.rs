@@ -16,6 +16,8 @@ pub enum Frame {
     Heartbeat(Heartbeat),
     Error(ErrorFrame),
     Attach(Attach),
+    Group(GroupInfo),
+    Batch(Batch),
 }
 
 impl Frame {
@@ -31,6 +33,8 @@ impl Frame {
             Frame::Heartbeat(_) => FrameKind::Heartbeat,
             Frame::Error(_) => FrameKind::Error,
             Frame::Attach(_) => FrameKind::Attach,
+            Frame::Group(_) => FrameKind::Group,
+            Frame::Batch(_) => FrameKind::Batch,
         }
     }
 
@@ -55,10 +59,12 @@ pub enum FrameKind {
     Heartbeat = 7,
     Error = 8,
     Attach = 9,
+    Group = 10,
+    Batch = 11,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 9] = [
+    pub const ALL: [FrameKind; 11] = [
         FrameKind::Hello,
         FrameKind::Write,
         FrameKind::Flush,
@@ -68,6 +74,8 @@ impl FrameKind {
         FrameKind::Heartbeat,
         FrameKind::Error,
         FrameKind::Attach,
+        FrameKind::Group,
+        FrameKind::Batch,
     ];
 
     pub const fn code(self) -> u8 {
@@ -90,6 +98,8 @@ impl FrameKind {
             FrameKind::Heartbeat => "HEARTBEAT",
             FrameKind::Error => "ERROR",
             FrameKind::Attach => "ATTACH",
+            FrameKind::Group => "GROUP",
+            FrameKind::Batch => "BATCH",
         }
     }
 }
@@ -211,6 +221,46 @@ pub struct Attach {
     pub size_bytes: u64,
     /// 1 to 255 bytes of UTF-8: the disk's name in the gateway's catalog.
     pub name: String,
+}
+
+/// Source gateway → target gateway: a consistency group this side protects
+/// and replicates to the peer, with its disks. The target answers with an
+/// ACK carrying the last sequence it holds durably (0 for a new group): the
+/// source resumes shipping after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub group: u32,
+    /// 1 to 255 bytes of UTF-8.
+    pub name: String,
+    /// 0 to 255 disks.
+    pub disks: Vec<GroupDisk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDisk {
+    pub disk: u32,
+    pub size_bytes: u64,
+    /// 1 to 255 bytes of UTF-8.
+    pub name: String,
+}
+
+/// Source gateway → target gateway: staged records `sequence_first..=
+/// sequence_last` of a group (gaps allowed), encoded as in
+/// docs/wire-protocol.md ("BATCH payload") and compressed with `codec`.
+/// The target answers with an ACK once the batch is durable in its journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub group: u32,
+    pub sequence_first: u64,
+    pub sequence_last: u64,
+    pub records: u32,
+    /// 0 = none, 1 = zstd. Others are refused by the receiver, not the codec.
+    pub codec: u8,
+    /// Bytes of the payload once decompressed.
+    pub raw_bytes: u32,
+    /// CRC32C of the decompressed payload (end to end, beyond the frame CRC).
+    pub raw_crc32c: u32,
+    pub payload: Vec<u8>,
 }
 
 /// Sent before closing a connection because of `code`.

@@ -29,8 +29,8 @@ mod proptests;
 pub use codec::{decode, encode};
 pub use error::{DecodeError, EncodeError, ReadError, WriteError};
 pub use frame::{
-    Ack, Attach, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, Heartbeat, Hello, Role,
-    Trim, WriteBatch, WriteRecord,
+    Ack, Attach, Batch, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, GroupDisk,
+    GroupInfo, Heartbeat, Hello, Role, Trim, WriteBatch, WriteRecord,
 };
 pub use io::{read_frame, write_frame};
 
@@ -64,6 +64,12 @@ pub const HELLO_SOFTWARE_BYTES_MAX: usize = 64;
 pub const BOOKMARK_NAME_BYTES_MAX: usize = 255;
 /// Longest ATTACH disk name, in bytes of UTF-8.
 pub const ATTACH_NAME_BYTES_MAX: usize = 255;
+/// Longest GROUP name, in bytes of UTF-8.
+pub const GROUP_NAME_BYTES_MAX: usize = 255;
+/// Most disks one GROUP frame lists.
+pub const GROUP_DISKS_MAX: usize = 255;
+/// Fixed part of a BATCH body before its payload.
+pub const BATCH_FIXED_BYTES: usize = 4 + 8 + 8 + 4 + 1 + 4 + 4;
 /// Longest ERROR message, in bytes of UTF-8.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 

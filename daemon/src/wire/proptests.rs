@@ -106,6 +106,47 @@ pub(crate) fn frame() -> impl Strategy<Value = Frame> {
                 name,
             })
         }),
+        (
+            any::<u32>(),
+            "[a-z0-9._-]{1,40}",
+            vec((any::<u32>(), any::<u64>(), "[a-z0-9._-]{1,20}"), 0..4)
+        )
+            .prop_map(|(group, name, disks)| Frame::Group(GroupInfo {
+                group,
+                name,
+                disks: disks
+                    .into_iter()
+                    .map(|(disk, size_bytes, name)| GroupDisk {
+                        disk,
+                        size_bytes,
+                        name
+                    })
+                    .collect(),
+            })),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            0u64..1000,
+            1u32..1000,
+            any::<u8>(),
+            any::<u32>(),
+            any::<u32>(),
+            vec(any::<u8>(), 0..64)
+        )
+            .prop_map(
+                |(group, first, span, records, codec, raw_bytes, raw_crc32c, payload)| {
+                    Frame::Batch(Batch {
+                        group,
+                        sequence_first: first.min(u64::MAX - span),
+                        sequence_last: first.min(u64::MAX - span) + span,
+                        records,
+                        codec,
+                        raw_bytes,
+                        raw_crc32c,
+                        payload,
+                    })
+                }
+            ),
     ]
 }
 

@@ -1,0 +1,434 @@
+//! The transceiver: ships each protected group's staged records to the
+//! group's target appliance over the link session, in BATCH frames, and
+//! releases staging only when the target acknowledges them durable.
+//!
+//! Per group: GROUP (the target answers with the last sequence it holds:
+//! resume after it), then batches of up to `BATCH_BYTES` of records read from
+//! staging, at most `IN_FLIGHT_BYTES` unacknowledged. A link cut drops the
+//! session; the next session starts again from the target's answer, so
+//! nothing acknowledged is re-sent and nothing unacknowledged is lost.
+
+pub mod payload;
+
+use crate::appliance::Appliance;
+use crate::catalog::ProtectedDisk;
+use crate::staging::StagingLog;
+use crate::wire::{Frame, GroupDisk, GroupInfo};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Payload bytes of records per batch (before compression).
+const BATCH_BYTES: usize = 4 << 20;
+/// Unacknowledged batch payload (compressed) on the link.
+const IN_FLIGHT_BYTES: usize = 32 << 20;
+/// How often an idle group looks for new records.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+/// How long the target may take to answer GROUP or a batch.
+const ACK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Live shipping figures of one group, for `drgw status`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShipStatus {
+    pub group: String,
+    pub peer: String,
+    pub acknowledged_through: u64,
+    pub batches_sent: u64,
+    pub raw_bytes_sent: u64,
+    pub wire_bytes_sent: u64,
+    /// Bytes of batches sent again after a reconnect (a resend of unacknowledged data).
+    pub resent_bytes: u64,
+    pub zstd_level: i32,
+    pub last_ack_latency_ms: Option<u64>,
+}
+
+/// Every group's shipping figures, shared with status.
+#[derive(Default)]
+pub struct ShipBoard {
+    groups: Mutex<BTreeMap<u32, ShipStatus>>,
+    /// Highest sequence ever sent per group (to count resends).
+    sent_high: Mutex<HashMap<u32, u64>>,
+}
+
+impl ShipBoard {
+    pub fn all(&self) -> Vec<ShipStatus> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn update(&self, group: u32, action: impl FnOnce(&mut ShipStatus)) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        action(groups.entry(group).or_default());
+    }
+}
+
+/// Chooses the zstd level: lower when compressing is slower than the link
+/// drains, higher when the link is the bottleneck.
+#[derive(Debug)]
+pub struct AdaptiveLevel {
+    level: i32,
+    fixed: bool,
+}
+
+impl AdaptiveLevel {
+    pub const MIN: i32 = 1;
+    pub const MAX: i32 = 9;
+
+    pub fn new(configured: Option<i32>) -> AdaptiveLevel {
+        match configured {
+            Some(level) => AdaptiveLevel { level, fixed: true },
+            None => AdaptiveLevel {
+                level: 1,
+                fixed: false,
+            },
+        }
+    }
+
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// `compress` is the time to compress a batch; `waited` the time the
+    /// batch waited for room on the link (window or bandwidth limit).
+    pub fn observe(&mut self, compress: Duration, waited: Duration) {
+        if self.fixed {
+            return;
+        }
+        if waited > compress * 2 && self.level < Self::MAX {
+            self.level += 1;
+        } else if waited < compress / 2 && self.level > Self::MIN {
+            self.level -= 1;
+        }
+    }
+}
+
+/// Runs the source side of one session with `peer`: ships every group whose
+/// target is `peer`. Frames go out through `outbox`; ACKs come in through
+/// the returned router's senders.
+pub struct SourceSide {
+    pub acks: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<u64>>>>,
+}
+
+impl SourceSide {
+    pub fn start(
+        appliance: Arc<Appliance>,
+        peer: String,
+        outbox: mpsc::Sender<Frame>,
+        cancel: CancellationToken,
+    ) -> SourceSide {
+        let acks: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<u64>>>> = Arc::default();
+        let routes = acks.clone();
+        tokio::spawn(async move {
+            let mut running: HashMap<u32, CancellationToken> = HashMap::new();
+            loop {
+                let groups = groups_for(&appliance, &peer);
+                for (id, disks) in &groups {
+                    if running.contains_key(id) {
+                        continue;
+                    }
+                    let (sender, receiver) = mpsc::unbounded_channel();
+                    routes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*id, sender);
+                    let token = cancel.child_token();
+                    running.insert(*id, token.clone());
+                    let shipper = GroupShipper {
+                        appliance: appliance.clone(),
+                        peer: peer.clone(),
+                        group_id: *id,
+                        group: disks[0].group.clone(),
+                        outbox: outbox.clone(),
+                        acks: receiver,
+                        cancel: token,
+                    };
+                    tokio::spawn(async move {
+                        let name = shipper.group.clone();
+                        let cancel = shipper.cancel.clone();
+                        if let Err(error) = shipper.run().await {
+                            tracing::warn!(group = %name, %error, "shipping stopped; the link is restarted");
+                            cancel.cancel();
+                        }
+                    });
+                }
+                running.retain(|id, token| {
+                    let keep = groups.contains_key(id) && !token.is_cancelled();
+                    if !keep {
+                        token.cancel();
+                        routes.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+                    }
+                    keep
+                });
+                if running.values().any(CancellationToken::is_cancelled) || cancel.is_cancelled() {
+                    cancel.cancel();
+                    return;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        SourceSide { acks }
+    }
+
+    /// Routes an ACK from the target to its group's shipper.
+    pub fn ack(&self, group: u32, sequence: u64) -> bool {
+        match self
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+        {
+            Some(sender) => sender.send(sequence).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// The groups shipped to `peer`, with their disks.
+fn groups_for(appliance: &Appliance, peer: &str) -> BTreeMap<u32, Vec<ProtectedDisk>> {
+    let appliance_peers: Vec<String> = appliance
+        .pins
+        .all()
+        .into_iter()
+        .filter(|p| p.kind == crate::tls::PeerKind::Appliance)
+        .map(|p| p.name)
+        .collect();
+    let mut groups: BTreeMap<u32, Vec<ProtectedDisk>> = BTreeMap::new();
+    for disk in appliance.ingest.disks() {
+        let target = match &disk.peer {
+            Some(target) => target.as_str(),
+            // Protected before targets were named: the only paired appliance.
+            None if appliance_peers.len() == 1 => appliance_peers[0].as_str(),
+            None => continue,
+        };
+        if target == peer && appliance.ingest.group_problem(disk.group_id).is_none() {
+            groups.entry(disk.group_id).or_default().push(disk);
+        }
+    }
+    groups
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ShipError {
+    #[error("{0}")]
+    Ingest(#[from] crate::ingest::IngestError),
+    #[error("{0}")]
+    Staging(#[from] crate::staging::StagingError),
+    #[error("encoding a batch: {0}")]
+    Payload(#[from] payload::PayloadError),
+    #[error("the target did not answer within {} s", ACK_TIMEOUT.as_secs())]
+    AckTimeout,
+    #[error("the target acknowledged {acked}, beyond what was sent ({sent})")]
+    AckBeyond { acked: u64, sent: u64 },
+    #[error("session closed")]
+    Closed,
+}
+
+struct InFlight {
+    sequence_last: u64,
+    wire_bytes: usize,
+    sent: Instant,
+}
+
+struct GroupShipper {
+    appliance: Arc<Appliance>,
+    peer: String,
+    group_id: u32,
+    group: String,
+    outbox: mpsc::Sender<Frame>,
+    acks: mpsc::UnboundedReceiver<u64>,
+    cancel: CancellationToken,
+}
+
+impl GroupShipper {
+    fn info(&self) -> GroupInfo {
+        let mut disks: Vec<GroupDisk> = self
+            .appliance
+            .ingest
+            .disks()
+            .into_iter()
+            .filter(|d| d.group_id == self.group_id)
+            .map(|d| GroupDisk {
+                disk: d.id,
+                size_bytes: d.size_bytes,
+                name: d.name,
+            })
+            .collect();
+        disks.sort_by_key(|d| d.disk);
+        GroupInfo {
+            group: self.group_id,
+            name: self.group.clone(),
+            disks,
+        }
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), ShipError> {
+        self.outbox.send(frame).await.map_err(|_| ShipError::Closed)
+    }
+
+    async fn run(mut self) -> Result<(), ShipError> {
+        let log = self
+            .appliance
+            .ingest
+            .shipping_log(self.group_id, &self.group)
+            .await?;
+        let mut info = self.info();
+        self.send(Frame::Group(info.clone())).await?;
+        let resume = self.next_ack().await?;
+        tracing::info!(group = %self.group, peer = %self.peer, resume_after = resume, "shipping");
+        let durable = log.usage().sequence_last_durable;
+        if resume > 0 {
+            log.release_through(resume.min(durable))?;
+        }
+        let board = self.appliance.ship_board.clone();
+        board.update(self.group_id, |status| {
+            status.group = self.group.clone();
+            status.peer = self.peer.clone();
+            status.acknowledged_through = resume;
+        });
+        let mut next = resume + 1;
+        let mut acknowledged = resume;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut in_flight_bytes = 0usize;
+        let mut level = AdaptiveLevel::new(self.appliance.settings().zstd_level);
+        let mut last_info_check = Instant::now();
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            // Take every ACK that is there.
+            while let Ok(acked) = self.acks.try_recv() {
+                self.on_ack(
+                    &log,
+                    acked,
+                    &mut acknowledged,
+                    &mut in_flight,
+                    &mut in_flight_bytes,
+                )?;
+            }
+            if last_info_check.elapsed() > Duration::from_secs(1) {
+                last_info_check = Instant::now();
+                let now = self.info();
+                if now != info {
+                    self.send(Frame::Group(now.clone())).await?;
+                    info = now;
+                }
+            }
+            if in_flight_bytes >= IN_FLIGHT_BYTES {
+                let waited = Instant::now();
+                let acked = self.next_ack().await?;
+                self.on_ack(
+                    &log,
+                    acked,
+                    &mut acknowledged,
+                    &mut in_flight,
+                    &mut in_flight_bytes,
+                )?;
+                level.observe(Duration::ZERO, waited.elapsed());
+                continue;
+            }
+            let records = log.read_from(next, BATCH_BYTES).await?;
+            let Some(last) = records.last() else {
+                self.appliance.ingest.shipped(self.group_id, acknowledged);
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Ok(()),
+                    acked = self.acks.recv() => {
+                        let acked = acked.ok_or(ShipError::Closed)?;
+                        self.on_ack(&log, acked, &mut acknowledged, &mut in_flight, &mut in_flight_bytes)?;
+                    }
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            };
+            let sequence_last = last.sequence;
+            let compress_started = Instant::now();
+            let (group_id, current_level) = (self.group_id, level.level());
+            let batch = tokio::task::spawn_blocking(move || {
+                payload::build_batch(group_id, &records, current_level)
+            })
+            .await
+            .map_err(|_| ShipError::Closed)??;
+            let compress = compress_started.elapsed();
+            let raw_bytes = u64::from(batch.raw_bytes);
+            let wire_bytes = batch.payload.len();
+            let wait_started = Instant::now();
+            self.appliance.throttle.acquire(wire_bytes as u64).await;
+            self.send(Frame::Batch(batch)).await?;
+            level.observe(compress, wait_started.elapsed());
+            let resent = {
+                let mut high = board.sent_high.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = high.entry(self.group_id).or_insert(0);
+                let resent = sequence_last <= *entry;
+                *entry = (*entry).max(sequence_last);
+                resent
+            };
+            board.update(self.group_id, |status| {
+                status.batches_sent += 1;
+                status.raw_bytes_sent += raw_bytes;
+                status.wire_bytes_sent += wire_bytes as u64;
+                if resent {
+                    status.resent_bytes += wire_bytes as u64;
+                }
+                status.zstd_level = level.level();
+            });
+            in_flight.push_back(InFlight {
+                sequence_last,
+                wire_bytes,
+                sent: Instant::now(),
+            });
+            in_flight_bytes += wire_bytes;
+            next = sequence_last + 1;
+        }
+    }
+
+    async fn next_ack(&mut self) -> Result<u64, ShipError> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(ShipError::Closed),
+            acked = tokio::time::timeout(ACK_TIMEOUT, self.acks.recv()) => match acked {
+                Ok(Some(acked)) => Ok(acked),
+                Ok(None) => Err(ShipError::Closed),
+                Err(_) => Err(ShipError::AckTimeout),
+            },
+        }
+    }
+
+    fn on_ack(
+        &self,
+        log: &StagingLog,
+        acked: u64,
+        acknowledged: &mut u64,
+        in_flight: &mut VecDeque<InFlight>,
+        in_flight_bytes: &mut usize,
+    ) -> Result<(), ShipError> {
+        let sent = in_flight.back().map_or(*acknowledged, |f| f.sequence_last);
+        if acked > sent {
+            return Err(ShipError::AckBeyond { acked, sent });
+        }
+        let mut latency = None;
+        while in_flight.front().is_some_and(|f| f.sequence_last <= acked) {
+            let done = in_flight.pop_front().expect("checked");
+            *in_flight_bytes -= done.wire_bytes;
+            latency = Some(done.sent.elapsed());
+        }
+        if acked > *acknowledged {
+            *acknowledged = acked;
+            log.release_through(acked)?;
+            self.appliance.ingest.shipped(self.group_id, acked);
+        }
+        self.appliance.ship_board.update(self.group_id, |status| {
+            status.acknowledged_through = *acknowledged;
+            if let Some(latency) = latency {
+                status.last_ack_latency_ms = Some(latency.as_millis() as u64);
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! Reading a disk as it was at a recovery point: the replica holds the
+//! latest applied state; for every byte some write after the point changed,
+//! the undo entry of the first such write holds its value at the point.
+//!
+//! A view keeps an overlay (byte range → undo entry, first wins) built from
+//! the index entries after the point, and extends it with entries the
+//! applier added since, under the index lock, before each read: the replica
+//! and the overlay always describe the same instant.
+
+use super::group::TargetGroup;
+use super::intervals::{IntervalMap, Source};
+use super::replica;
+use super::{TargetError, ZERO_DATA};
+use std::sync::Arc;
+
+pub struct PointView {
+    group: Arc<TargetGroup>,
+    disk: u32,
+    pub sequence: u64,
+    pub size_bytes: u64,
+    overlay: IntervalMap,
+    /// Next index position (absolute) not yet in the overlay.
+    consumed: u64,
+}
+
+impl PointView {
+    /// A view of `disk` at `sequence`; waits until the applier has reached it.
+    pub async fn open(
+        group: Arc<TargetGroup>,
+        disk: u32,
+        sequence: u64,
+    ) -> Result<PointView, TargetError> {
+        let mut applied = group.subscribe_applied();
+        let reach = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            applied.wait_for(|applied| *applied >= sequence),
+        )
+        .await;
+        if !matches!(reach, Ok(Ok(_))) {
+            return Err(TargetError::NotYet(format!(
+                "sequence {sequence} is not applied yet (applied through {})",
+                group.applied_through()
+            )));
+        }
+        let size_bytes = group
+            .disks()
+            .iter()
+            .find(|d| d.id == disk)
+            .map(|d| d.size_bytes)
+            .ok_or_else(|| TargetError::Unknown(format!("disk {disk}")))?;
+        let consumed = {
+            let index = group.index.read().unwrap_or_else(|p| p.into_inner());
+            if sequence < index.recoverable_from {
+                return Err(TargetError::Expired(format!(
+                    "sequence {sequence} is older than the retention window (oldest recoverable: {})",
+                    index.recoverable_from
+                )));
+            }
+            index
+                .disks
+                .get(&disk)
+                .map_or(0, |list| list.first_after(sequence))
+        };
+        Ok(PointView {
+            group,
+            disk,
+            sequence,
+            size_bytes,
+            overlay: IntervalMap::new(),
+            consumed,
+        })
+    }
+
+    /// Fills `buffer` with the disk's bytes at `offset` as of the point.
+    /// Blocking: call from a blocking thread.
+    pub fn read_at(&mut self, buffer: &mut [u8], offset: u64) -> Result<(), TargetError> {
+        let end = offset + buffer.len() as u64;
+        if end > self.size_bytes {
+            return Err(TargetError::Protocol(format!(
+                "read {offset}..{end} past the disk's {} bytes",
+                self.size_bytes
+            )));
+        }
+        let index = self.group.index.read().unwrap_or_else(|p| p.into_inner());
+        if self.sequence < index.recoverable_from {
+            return Err(TargetError::Expired(format!(
+                "sequence {} left the retention window while being read",
+                self.sequence
+            )));
+        }
+        if let Some(list) = index.disks.get(&self.disk) {
+            if self.consumed < list.start() {
+                return Err(TargetError::Expired(format!(
+                    "undo of sequence {} was released while being read",
+                    self.sequence
+                )));
+            }
+            for (_, entry) in list.iter_from(self.consumed) {
+                let at = if entry.data_at == ZERO_DATA {
+                    u64::MAX
+                } else {
+                    u64::from(entry.data_at)
+                };
+                self.overlay.fill(
+                    entry.offset,
+                    entry.offset + u64::from(entry.length),
+                    Source {
+                        id: entry.undo,
+                        at,
+                        origin: entry.offset,
+                    },
+                );
+            }
+            self.consumed = list.end();
+        }
+        let file = self.group.replica(self.disk)?;
+        for piece in self.overlay.lookup(offset, end) {
+            let slice = &mut buffer[(piece.start - offset) as usize..(piece.end - offset) as usize];
+            match piece.source {
+                None => replica::read_exact_or_zero(&file, slice, piece.start)
+                    .map_err(|e| TargetError::io(&self.group.directory, e))?,
+                Some(source) if source.at == u64::MAX => slice.fill(0),
+                Some(source) => {
+                    let blob = self.group.blob(source.id)?;
+                    let start = source.position_of(piece.start) as usize;
+                    let data = blob.data.get(start..start + slice.len()).ok_or_else(|| {
+                        TargetError::Corrupt(format!(
+                            "undo record {} shorter than its index",
+                            source.id
+                        ))
+                    })?;
+                    slice.copy_from_slice(data);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ranges of the overlay (for figures).
+    pub fn overlay_ranges(&self) -> usize {
+        self.overlay.len()
+    }
+}
