@@ -47,7 +47,14 @@ struct GroupLog {
     log: Arc<StagingLog>,
     /// When the oldest record still staged (not yet shipped) arrived.
     oldest_unshipped: Mutex<Option<Instant>>,
+    /// Tap appends not yet acknowledged by the target: (last sequence, when staged).
+    unshipped: Mutex<std::collections::VecDeque<(u64, Instant)>>,
+    /// Replication lag of recent appends, staged → durable at the target, in µs.
+    lags_us: Mutex<std::collections::VecDeque<u64>>,
 }
+
+/// Lag samples kept per group for the percentiles in `drgw status`.
+const LAG_SAMPLES_KEPT: usize = 20_000;
 
 /// How every group's staging is set up (from `[staging]` in the config).
 #[derive(Debug, Clone)]
@@ -71,6 +78,12 @@ pub struct GroupStaging {
     pub full: bool,
     /// Seconds since the oldest record not yet shipped was staged.
     pub oldest_unshipped_age_s: Option<u64>,
+    /// Replication lag (staged here → durable at the target) of the last
+    /// appends (up to 20,000), in milliseconds: median, 99th percentile, max.
+    pub lag_p50_ms: Option<f64>,
+    pub lag_p99_ms: Option<f64>,
+    pub lag_max_ms: Option<f64>,
+    pub lag_samples: usize,
     /// Why this group's staging cannot be used, when it cannot.
     pub problem: Option<String>,
 }
@@ -218,6 +231,8 @@ impl Ingest {
             name,
             log: Arc::new(log),
             oldest_unshipped: Mutex::new(oldest),
+            unshipped: Mutex::new(std::collections::VecDeque::new()),
+            lags_us: Mutex::new(std::collections::VecDeque::new()),
         });
         logs.insert(group_id, entry.clone());
         Ok(entry)
@@ -228,8 +243,14 @@ impl Ingest {
     pub async fn stage(&self, batches: Vec<StageBatch>) -> Result<(), IngestError> {
         for batch in batches {
             let log = self.log(batch.group_id, &batch.group).await?;
-            Self::append_reporting_full(&log, batch.bodies).await?;
+            let staged = Self::append_reporting_full(&log, batch.bodies).await?;
             let now = Instant::now();
+            if staged.end > staged.start {
+                log.unshipped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back((staged.end - 1, now));
+            }
             log.oldest_unshipped
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -260,12 +281,24 @@ impl Ingest {
             return;
         };
         if let Some(log) = logs.get(&group_id) {
+            let now = Instant::now();
+            let mut unshipped = log.unshipped.lock().unwrap_or_else(|p| p.into_inner());
+            let mut lags = log.lags_us.lock().unwrap_or_else(|p| p.into_inner());
+            while unshipped.front().is_some_and(|(last, _)| *last <= sequence) {
+                let (_, staged) = unshipped.pop_front().expect("checked");
+                if lags.len() >= LAG_SAMPLES_KEPT {
+                    lags.pop_front();
+                }
+                lags.push_back(now.duration_since(staged).as_micros() as u64);
+            }
             let mut oldest = log
                 .oldest_unshipped
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if sequence >= log.log.usage().sequence_last_durable {
-                *oldest = None;
+            *oldest = unshipped.front().map(|(_, at)| *at);
+            if oldest.is_none() && sequence < log.log.usage().sequence_last_durable {
+                // Points and bookmarks staged since: not tap writes, but unshipped.
+                *oldest = Some(now);
             }
         }
     }
@@ -417,7 +450,7 @@ impl Ingest {
     async fn append_reporting_full(
         log: &GroupLog,
         bodies: Vec<RecordBody>,
-    ) -> Result<(), IngestError> {
+    ) -> Result<std::ops::Range<u64>, IngestError> {
         let failed = |source| IngestError::Staging {
             group: log.name.clone(),
             source,
@@ -425,7 +458,7 @@ impl Ingest {
         let append = log.log.append(bodies);
         tokio::pin!(append);
         let waited = tokio::select! {
-            result = &mut append => return result.map(|_| ()).map_err(failed),
+            result = &mut append => return result.map_err(failed),
             _ = tokio::time::sleep(FULL_REPORT_AFTER) => log.log.usage().full,
         };
         if waited {
@@ -433,7 +466,7 @@ impl Ingest {
             tracing::warn!(group = %log.name, bytes_on_disk = usage.bytes_on_disk, capacity_bytes = usage.capacity_bytes,
                 "staging full: taps of this group are held back until shipped records are released");
         }
-        let result = append.await.map(|_| ()).map_err(failed);
+        let result = append.await.map_err(failed);
         if waited {
             tracing::info!(group = %log.name, "staging has room again");
         }
@@ -494,6 +527,10 @@ impl Ingest {
                     sequence_last_durable: 0,
                     full: false,
                     oldest_unshipped_age_s: None,
+                    lag_p50_ms: None,
+                    lag_p99_ms: None,
+                    lag_max_ms: None,
+                    lag_samples: 0,
                     problem: problems.get(&id).map(|(_, problem)| problem.clone()),
                 };
                 if let Some(log) = logs.get(&id) {
@@ -507,6 +544,22 @@ impl Ingest {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner());
                     group.oldest_unshipped_age_s = oldest.map(|at| at.elapsed().as_secs());
+                    let mut lags: Vec<u64> = log
+                        .lags_us
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .copied()
+                        .collect();
+                    lags.sort_unstable();
+                    let at = |q: f64| {
+                        let index = ((lags.len() as f64 - 1.0) * q).round() as usize;
+                        lags.get(index).map(|us| *us as f64 / 1000.0)
+                    };
+                    group.lag_p50_ms = at(0.5);
+                    group.lag_p99_ms = at(0.99);
+                    group.lag_max_ms = lags.last().map(|us| *us as f64 / 1000.0);
+                    group.lag_samples = lags.len();
                 }
                 group
             })

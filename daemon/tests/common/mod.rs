@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod pair;
+pub mod proxy;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -162,6 +165,27 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Pins `other` here as an appliance reached at `address`.
+    pub fn pin_at(&self, other: &Daemon, address: &str) {
+        self.cli_ok(&[
+            "pair",
+            "add",
+            "--name",
+            &other.name,
+            "--address",
+            address,
+            "--fingerprint",
+            &other.fingerprint(),
+        ]);
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {

@@ -1,0 +1,249 @@
+//! Failures on the source → target path: a network cut, the retention cap,
+//! the target killed while applying.
+
+mod common;
+
+use common::pair::{Pair, TwoDiskTap};
+use common::proxy::Proxy;
+use common::{pseudo_random, sha256_hex, Daemon};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+fn nbdcopy(source: &Path, uri: &str) {
+    let output = Command::new("nbdcopy")
+        .arg(source)
+        .arg(uri)
+        .output()
+        .expect("nbdcopy (scripts/install-deps)");
+    assert!(
+        output.status.success(),
+        "nbdcopy: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn bookmark(source: &Daemon, name: &str) -> u64 {
+    let taken: serde_json::Value =
+        serde_json::from_str(&source.cli_ok(&["bookmark", "group-1", "--name", name, "--json"]))
+            .unwrap();
+    taken["sequence"].as_u64().unwrap()
+}
+
+fn file_sha256(path: &Path) -> String {
+    sha256_hex(&fs::read(path).unwrap())
+}
+
+/// Materialises `point` of `disk` and returns its sha256.
+fn point_sha256(pair: &Pair, point: &str, disk: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("point.img");
+    pair.materialize(point, disk, &out);
+    file_sha256(&out)
+}
+
+fn cut_seconds() -> u64 {
+    std::env::var("DRGW_CUT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
+#[test]
+fn a_cut_link_resumes_from_the_last_ack() {
+    let proxies: Mutex<Vec<Proxy>> = Mutex::default();
+    let pair = Pair::start_with("", |here, there| {
+        let proxy = Proxy::start(there.address());
+        here.pin_at(there, &proxy.address());
+        proxies.lock().unwrap().push(proxy);
+    });
+    let proxies = proxies.into_inner().unwrap();
+    let size: u64 = 256 << 20;
+    let tap = TwoDiskTap::start(&pair.source, size);
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data.img");
+    fs::write(&data, pseudo_random(1, size as usize)).unwrap();
+    nbdcopy(&data, &tap.uri("disk-a"));
+    let first = bookmark(&pair.source, "before-cut");
+    pair.wait_applied(first, Duration::from_secs(60));
+
+    // Cut while the next copy is being shipped.
+    fs::write(&data, pseudo_random(2, size as usize)).unwrap();
+    let uri = tap.uri("disk-b");
+    let copy = {
+        let data = data.clone();
+        std::thread::spawn(move || nbdcopy(&data, &uri))
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let cut_at = Instant::now();
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    pair.source
+        .wait_for("the link to drop", Duration::from_secs(20), |status| {
+            status["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|peer| peer["name"] == "target" && peer["link"]["state"] != "connected")
+        });
+    copy.join().unwrap();
+    // Writes go on while the link is down: staged at the source.
+    fs::write(&data, pseudo_random(3, size as usize)).unwrap();
+    nbdcopy(&data, &tap.uri("disk-a"));
+    let last = bookmark(&pair.source, "after-cut");
+    let remaining = Duration::from_secs(cut_seconds()).saturating_sub(cut_at.elapsed());
+    std::thread::sleep(remaining);
+    let applied_during_cut = pair.target_group()["applied_through"].as_u64().unwrap();
+    assert!(
+        applied_during_cut < last,
+        "the cut did not stop replication"
+    );
+    for proxy in &proxies {
+        proxy.restore();
+    }
+    pair.wait_applied(last, Duration::from_secs(120));
+
+    let shipping = &pair.source.status()["shipping"][0];
+    let resent = shipping["resent_bytes"].as_u64().unwrap();
+    let sent = shipping["wire_bytes_sent"].as_u64().unwrap();
+    println!(
+        "link cut {} s: {sent} bytes shipped, {resent} re-sent ({:.3} %)",
+        cut_seconds(),
+        resent as f64 * 100.0 / sent as f64
+    );
+    assert!(sent >= 3 * size, "{shipping:#}");
+    assert!(resent * 100 < sent, "re-sent {resent} of {sent} bytes");
+    let log = fs::read_to_string(&pair.source.log_path).unwrap();
+    let resumes: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("shipping") && line.contains("resume_after"))
+        .collect();
+    assert!(resumes.len() >= 2, "{resumes:?}");
+    assert!(
+        !resumes.last().unwrap().contains("resume_after=0"),
+        "resumed from zero: {resumes:?}"
+    );
+    // Both disks at the last bookmark equal their primaries.
+    for disk in ["disk-a", "disk-b"] {
+        let primary = tap.directory.path().join(format!("{disk}.img"));
+        assert_eq!(
+            point_sha256(&pair, "bookmark:after-cut", disk),
+            file_sha256(&primary),
+            "{disk}"
+        );
+    }
+}
+
+#[test]
+fn the_retention_cap_trims_the_oldest_points_with_an_event() {
+    // 256 MiB of journal; each pass below overwrites 64 MiB of data, whose
+    // old contents (random, incompressible) go to the undo log.
+    let pair = Pair::start("cap_bytes = 268435456");
+    let size: u64 = 64 << 20;
+    let tap = TwoDiskTap::start(&pair.source, size);
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data.img");
+    let primary = tap.directory.path().join("disk-a.img");
+    let mut references = Vec::new();
+    for pass in 0..9u64 {
+        fs::write(&data, pseudo_random(100 + pass, size as usize)).unwrap();
+        nbdcopy(&data, &tap.uri("disk-a"));
+        let name = format!("pass-{pass}");
+        let sequence = bookmark(&pair.source, &name);
+        references.push((name, sequence, file_sha256(&primary)));
+        pair.wait_applied(sequence, Duration::from_secs(60));
+    }
+    let group = pair.target_group();
+    let journal = group["journal_bytes"].as_u64().unwrap();
+    assert!(journal <= 256 << 20, "{group:#}");
+    let events: serde_json::Value =
+        serde_json::from_str(&pair.target.cli_ok(&["events", "--json"])).unwrap();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "retention-trimmed"),
+        "{events:#}"
+    );
+    let points: serde_json::Value =
+        serde_json::from_str(&pair.target.cli_ok(&["points", "group-1", "--json"])).unwrap();
+    let kept: Vec<&str> = points["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["bookmark"].as_str())
+        .collect();
+    assert!(
+        !kept.contains(&"pass-0"),
+        "the oldest point was kept: {kept:?}"
+    );
+    let (name, _, _) = &references[0];
+    let refused = pair.target.cli(&[
+        "materialize",
+        "group-1",
+        "--point",
+        &format!("bookmark:{name}"),
+        "--disk",
+        "disk-a",
+        "--out",
+        work.path().join("x.img").to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success(), "a trimmed point was served");
+    // The newest points still verify.
+    for (name, _, sha) in references.iter().rev().take(2) {
+        assert!(
+            kept.contains(&name.as_str()),
+            "{name} was trimmed: {kept:?}"
+        );
+        assert_eq!(
+            &point_sha256(&pair, &format!("bookmark:{name}"), "disk-a"),
+            sha,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_target_killed_while_applying_rolls_back_and_converges() {
+    let mut pair = Pair::start("");
+    let size: u64 = 128 << 20;
+    let tap = TwoDiskTap::start(&pair.source, size);
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data.img");
+    let primary = tap.directory.path().join("disk-a.img");
+    fs::write(&data, pseudo_random(7, size as usize)).unwrap();
+    nbdcopy(&data, &tap.uri("disk-a"));
+    let first = bookmark(&pair.source, "first");
+    let first_sha = file_sha256(&primary);
+    pair.wait_applied(first, Duration::from_secs(60));
+    for round in 0..4u64 {
+        fs::write(&data, pseudo_random(20 + round, size as usize)).unwrap();
+        let uri = tap.uri("disk-a");
+        let copy = {
+            let data = data.clone();
+            std::thread::spawn(move || nbdcopy(&data, &uri))
+        };
+        std::thread::sleep(Duration::from_millis(300 + 350 * round));
+        pair.target.kill9();
+        pair.target.spawn();
+        copy.join().unwrap();
+        let sequence = bookmark(&pair.source, &format!("round-{round}"));
+        pair.wait_applied(sequence, Duration::from_secs(120));
+        assert_eq!(
+            point_sha256(&pair, "latest", "disk-a"),
+            file_sha256(&primary),
+            "round {round}"
+        );
+    }
+    // History from before the kills still recovers exactly.
+    assert_eq!(point_sha256(&pair, "bookmark:first", "disk-a"), first_sha);
+    let log = fs::read_to_string(&pair.target.log_path).unwrap();
+    println!(
+        "target killed 4 times: {} restarts rolled back a half-applied batch",
+        log.matches("rolling replicas back").count()
+    );
+}
