@@ -247,3 +247,44 @@ fn a_target_killed_while_applying_rolls_back_and_converges() {
         log.matches("rolling replicas back").count()
     );
 }
+
+#[test]
+fn a_corrupt_journal_record_is_reported_not_served() {
+    let mut pair = Pair::start("");
+    let size: u64 = 32 << 20;
+    let tap = TwoDiskTap::start(&pair.source, size);
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data.img");
+    for pass in 0..2u64 {
+        fs::write(&data, pseudo_random(50 + pass, size as usize)).unwrap();
+        nbdcopy(&data, &tap.uri("disk-a"));
+    }
+    let sequence = bookmark(&pair.source, "done");
+    pair.wait_applied(sequence, Duration::from_secs(60));
+    let (exit, _) = pair.target.terminate();
+    assert!(exit.success());
+    // Flip one byte inside the payload of the first undo record (the old
+    // contents saved when the second pass overwrote the first).
+    let groups = pair.target.directory.path().join("retention/groups");
+    let group = fs::read_dir(&groups).unwrap().next().unwrap().unwrap().path();
+    let undo = group.join("undo");
+    let mut segments: Vec<_> = fs::read_dir(&undo)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "segment"))
+        .collect();
+    segments.sort();
+    let segment = &segments[0];
+    let mut bytes = fs::read(segment).unwrap();
+    bytes[4096 + 80 + 100] ^= 0x20;
+    fs::write(segment, bytes).unwrap();
+    pair.target.spawn();
+    let status = pair.target.status();
+    let problems = status["target_problems"].as_object().unwrap();
+    assert_eq!(problems.len(), 1, "{status:#}");
+    let problem = problems.values().next().unwrap().as_str().unwrap();
+    assert!(problem.contains("corrupt") || problem.contains("CRC"), "{problem}");
+    // Nothing is served from it.
+    let refused = pair.target.cli(&["points", "group-1"]);
+    assert!(!refused.status.success());
+}

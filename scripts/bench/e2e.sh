@@ -279,14 +279,15 @@ zstd_run() { # prints MB/s of input of `zstd -1 -T1`
 }
 
 # One drgw run on a fresh pair; sets run_mbs, run_copy_s, run_received_s,
-# run_applied_s, run_wire_ratio (no subshell: the trap must know its processes).
+# run_bookmark_s, run_applied_s, run_wire_ratio (no subshell: the trap must know its processes).
 drgw_run() { # NUMBER
-  local started copied sequence times
+  local started copied bookmarked sequence times
   start_pair "$corpus_mib" >&2
   started=$(date +%s.%N)
   nbdcopy "$corpus" "$uri"
   copied=$(date +%s.%N)
   sequence=$(bookmark "copied-$1")
+  bookmarked=$(date +%s.%N)
   times=$(wait_applied "$sequence" "$started")
   run_wire_ratio=$(cli source status --json | json 'round(d["shipping"][0]["raw_bytes_sent"] / max(1, d["shipping"][0]["wire_bytes_sent"]), 2)')
   if (($1 == 1)); then verify >&2; fi
@@ -295,6 +296,7 @@ drgw_run() { # NUMBER
   stop_pair
   read -r run_received_s run_applied_s <<<"$times"
   run_copy_s=$(calc "round($copied - $started, 3)")
+  run_bookmark_s=$(calc "round($bookmarked - $started, 3)")
   run_mbs=$(calc "round($((corpus_mib << 20)) / 1e6 / $run_applied_s, 1)")
 }
 
@@ -310,7 +312,7 @@ verify() { # sha256 of the replica's latest point against the corpus
 }
 
 throughput() {
-  local zstd_runs=() drgw_runs=() received_runs=() applied_runs=() copy_runs=() wire_runs=() i
+  local zstd_runs=() drgw_runs=() received_runs=() applied_runs=() copy_runs=() bookmark_runs=() wire_runs=() i
   make_corpus
   local zstd_ratio
   zstd_ratio=$(calc "round($((corpus_mib << 20)) / $(zstd -q -1 -T1 -c "$corpus" | wc -c), 2)")
@@ -323,8 +325,8 @@ throughput() {
     zstd_runs+=("$(zstd_run)")
     drgw_run "$i"
     drgw_runs+=("$run_mbs") received_runs+=("$run_received_s") applied_runs+=("$run_applied_s")
-    copy_runs+=("$run_copy_s") wire_runs+=("$run_wire_ratio")
-    echo "run $i: zstd -1 -T1 ${zstd_runs[-1]} MB/s; drgw $run_mbs MB/s end to end (copy $run_copy_s s, received $run_received_s s, applied $run_applied_s s, wire ratio $run_wire_ratio)" >&2
+    copy_runs+=("$run_copy_s") bookmark_runs+=("$run_bookmark_s") wire_runs+=("$run_wire_ratio")
+    echo "run $i: zstd -1 -T1 ${zstd_runs[-1]} MB/s; drgw $run_mbs MB/s end to end (copy $run_copy_s s, bookmark staged $run_bookmark_s s, received $run_received_s s, applied $run_applied_s s, wire ratio $run_wire_ratio)" >&2
   done
   local zstd_median drgw_median
   zstd_median=$(median "${zstd_runs[@]}")
@@ -334,6 +336,7 @@ throughput() {
   echo "zstd -1 -T1          median $zstd_median MB/s (runs: ${zstd_runs[*]}), ratio $zstd_ratio"
   echo "drgw end to end      median $drgw_median MB/s (runs: ${drgw_runs[*]})"
   echo "  copy done after    ${copy_runs[*]} s (nbdcopy, async tap)"
+  echo "  bookmark staged    ${bookmark_runs[*]} s (its tap barrier: every acknowledged write staged at the source)"
   echo "  received after     ${received_runs[*]} s"
   echo "  applied after      ${applied_runs[*]} s"
   echo "  wire ratio         ${wire_runs[*]} (raw_bytes_sent / wire_bytes_sent)"
