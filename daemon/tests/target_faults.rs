@@ -266,7 +266,12 @@ fn a_corrupt_journal_record_is_reported_not_served() {
     // Flip one byte inside the payload of the first undo record (the old
     // contents saved when the second pass overwrote the first).
     let groups = pair.target.directory.path().join("retention/groups");
-    let group = fs::read_dir(&groups).unwrap().next().unwrap().unwrap().path();
+    let group = fs::read_dir(&groups)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let undo = group.join("undo");
     let mut segments: Vec<_> = fs::read_dir(&undo)
         .unwrap()
@@ -283,8 +288,104 @@ fn a_corrupt_journal_record_is_reported_not_served() {
     let problems = status["target_problems"].as_object().unwrap();
     assert_eq!(problems.len(), 1, "{status:#}");
     let problem = problems.values().next().unwrap().as_str().unwrap();
-    assert!(problem.contains("corrupt") || problem.contains("CRC"), "{problem}");
+    assert!(
+        problem.contains("corrupt") || problem.contains("CRC"),
+        "{problem}"
+    );
     // Nothing is served from it.
     let refused = pair.target.cli(&["points", "group-1"]);
     assert!(!refused.status.success());
+}
+
+#[test]
+fn rpo_crossing_the_threshold_raises_events_and_runs_the_hook() {
+    let hook_dir = tempfile::tempdir().unwrap();
+    let hook = hook_dir.path().join("hook.sh");
+    let seen = hook_dir.path().join("events.jsonl");
+    fs::write(&hook, format!("#!/bin/sh\ncat >> {}\n", seen.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut pair = Pair::start_with_target_sections(
+        "rpo_threshold_s = 2",
+        &format!("[events]\ncommand = \"{}\"\n", hook.display()),
+    );
+    let _tap = TwoDiskTap::start(&pair.source, 16 << 20);
+    pair.target
+        .wait_for("a first point", Duration::from_secs(20), |status| {
+            status["target_groups"][0]["rpo_s"]
+                .as_f64()
+                .is_some_and(|rpo| rpo < 2.0)
+        });
+    // The source stops: no new points reach the target.
+    let (exit, _) = pair.source.terminate();
+    assert!(exit.success());
+    pair.target
+        .wait_for("the RPO event", Duration::from_secs(20), |status| {
+            status["target_groups"][0]["rpo_exceeded"] == true
+        });
+    pair.source.spawn();
+    pair.target
+        .wait_for("the RPO back under", Duration::from_secs(30), |status| {
+            status["target_groups"][0]["rpo_exceeded"] == false
+        });
+    let events: serde_json::Value =
+        serde_json::from_str(&pair.target.cli_ok(&["events", "--json"])).unwrap();
+    let crossings: Vec<bool> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "rpo")
+        .map(|e| e["exceeded"].as_bool().unwrap())
+        .collect();
+    assert_eq!(crossings, [true, false], "{events:#}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(&seen)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the hook did not see both events"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_source_killed_while_shipping_resumes_without_loss() {
+    let mut pair = Pair::start("");
+    let size: u64 = 128 << 20;
+    let tap = TwoDiskTap::start(&pair.source, size);
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data.img");
+    let primary = tap.directory.path().join("disk-a.img");
+    for round in 0..3u64 {
+        fs::write(&data, pseudo_random(40 + round, size as usize)).unwrap();
+        nbdcopy(&data, &tap.uri("disk-a"));
+        // Staged, perhaps not shipped: kill the source now.
+        pair.source.kill9();
+        pair.source.spawn();
+        pair.source
+            .wait_for("the tap back", Duration::from_secs(30), |status| {
+                status["protected_disks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["attached"] == true)
+            });
+        let sequence = bookmark(&pair.source, &format!("round-{round}"));
+        pair.wait_applied(sequence, Duration::from_secs(120));
+        assert_eq!(
+            point_sha256(&pair, &format!("bookmark:round-{round}"), "disk-a"),
+            file_sha256(&primary),
+            "round {round}"
+        );
+    }
+    let group = pair.target_group();
+    println!(
+        "source killed 3 times: target dropped {} duplicate batches",
+        group["duplicates_dropped"]
+    );
 }

@@ -13,7 +13,8 @@
 #               (default 3), alternating zstd / drgw, each drgw run on a fresh
 #               pair; medians printed.
 #   lag         fio --ioengine=nbd sequential 1 MiB writes at --rate=LAG_RATE
-#               (default 100m) for LAG_SECONDS (default 60) on a fresh pair
+#               (default 100m, i.e. 100 MiB/s) at queue depth LAG_IODEPTH (default
+#               1) for LAG_SECONDS (default 60) on a fresh pair
 #               (disk of LAG_DISK_MIB, default CORPUS_MIB); then the source's
 #               replication lag percentiles (staged -> durable at the target;
 #               target p99 < 1000 ms), fio's achieved rate, and the time to
@@ -44,6 +45,7 @@ runs=${RUNS:-3}
 lag_seconds=${LAG_SECONDS:-60}
 lag_rate=${LAG_RATE:-100m}
 lag_disk_mib=${LAG_DISK_MIB:-$corpus_mib}
+lag_iodepth=${LAG_IODEPTH:-1}
 index_disk_mib=${INDEX_DISK_MIB:-4096}
 index_write_mib=${INDEX_WRITE_MIB:-1024}
 wait_seconds=${WAIT_SECONDS:-600}
@@ -347,15 +349,15 @@ throughput() {
 lag() {
   local sequence started times
   start_pair "$lag_disk_mib" >&2
-  show fio --name=lag --ioengine=nbd --uri="$uri" --rw=write --bs=1M --rate="$lag_rate" --time_based --runtime="$lag_seconds" --refill_buffers --output-format=json
-  fio --name=lag --ioengine=nbd --uri="$uri" --rw=write --bs=1M --rate="$lag_rate" --time_based --runtime="$lag_seconds" \
+  show fio --name=lag --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth="$lag_iodepth" --rate="$lag_rate" --time_based --runtime="$lag_seconds" --refill_buffers --output-format=json
+  fio --name=lag --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth="$lag_iodepth" --rate="$lag_rate" --time_based --runtime="$lag_seconds" \
     --refill_buffers --output-format=json --output="$run/fio.json" >/dev/null
   started=$(date +%s.%N)
   sequence=$(bookmark drained)
   times=$(wait_applied "$sequence" "$started")
   cli source status --json >"$run/source.json"
   echo
-  echo "== lag: fio --rw=write --bs=1M --rate=$lag_rate for $lag_seconds s, disk $lag_disk_mib MiB"
+  echo "== lag: fio --rw=write --bs=1M --iodepth=$lag_iodepth --rate=$lag_rate for $lag_seconds s, disk $lag_disk_mib MiB"
   echo "fio achieved         $(json 'round(d["jobs"][0]["write"]["bw_bytes"] / 1e6, 1)' <"$run/fio.json") MB/s ($(json 'round(d["jobs"][0]["write"]["io_bytes"] / 2**20)' <"$run/fio.json") MiB written)"
   json '"lag (staged -> durable at target): p50 %s ms, p99 %s ms, max %s ms, %s samples" % tuple(d["groups"][0][k] for k in ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "lag_samples"))' <"$run/source.json"
   echo "  (target p99 < 1000 ms; the samples are the last 20,000 tap appends at most)"

@@ -24,11 +24,23 @@ impl Pair {
         Pair::start_with(target_extra, |here, there| here.pin(there))
     }
 
+    /// Like `start`, with whole sections added to the target's config.
+    pub fn start_with_target_sections(target_extra: &str, sections: &str) -> Pair {
+        Pair::start_full(target_extra, sections, |here, there| here.pin(there))
+    }
+
     /// Like `start`, with `pin` pinning each side at the other (for proxies).
     pub fn start_with(target_extra: &str, pin: impl Fn(&Daemon, &Daemon)) -> Pair {
+        Pair::start_full(target_extra, "", pin)
+    }
+
+    fn start_full(target_extra: &str, sections: &str, pin: impl Fn(&Daemon, &Daemon)) -> Pair {
         // Crash-consistent points every 200 ms.
         let source = Daemon::start_with("source", &[], "point_interval_ms = 200");
-        let target = Daemon::start_with_sections("target", &target_sections(target_extra));
+        let target = Daemon::start_with_sections(
+            "target",
+            &format!("{}{sections}", target_sections(target_extra)),
+        );
         pin(&source, &target);
         pin(&target, &source);
         source.wait_for(
