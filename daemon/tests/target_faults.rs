@@ -389,3 +389,45 @@ fn a_source_killed_while_shipping_resumes_without_loss() {
         group["duplicates_dropped"]
     );
 }
+
+#[test]
+fn the_bandwidth_limit_holds_and_a_reload_lifts_it() {
+    let mut pair = Pair::start("");
+    pair.source.extra_sections = "[bandwidth]\ndefault_mbit = 40\n".into();
+    pair.source
+        .write_config("point_interval_ms = 200", 200, 2000);
+    pair.source.signal(nix::sys::signal::Signal::SIGHUP);
+    pair.source
+        .wait_for("the limit in force", Duration::from_secs(10), |status| {
+            status["bandwidth_limit_bytes_per_second"] == 5_000_000
+        });
+    let size: u64 = 64 << 20;
+    let tap = TwoDiskTap::start(&pair.source, size);
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data.img");
+    fs::write(&data, pseudo_random(9, size as usize)).unwrap();
+    let started = Instant::now();
+    nbdcopy(&data, &tap.uri("disk-a"));
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
+    let sent = pair.source.status()["shipping"][0]["wire_bytes_sent"]
+        .as_u64()
+        .unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = sent as f64 / elapsed;
+    println!("limited to 5 MB/s: shipped {sent} bytes in {elapsed:.1} s ({rate:.0} B/s)");
+    // The burst is a quarter second; allow the time the copy itself took.
+    assert!(rate < 6_500_000.0, "{rate} B/s under a 5 MB/s limit");
+    // Reload without the limit: the rest goes at once.
+    pair.source.extra_sections.clear();
+    pair.source
+        .write_config("point_interval_ms = 200", 200, 2000);
+    pair.source.signal(nix::sys::signal::Signal::SIGHUP);
+    let last = bookmark(&pair.source, "all");
+    let lifted = Instant::now();
+    pair.wait_applied(last, Duration::from_secs(30));
+    assert!(
+        lifted.elapsed() < Duration::from_secs(8),
+        "still limited after the reload: {:?}",
+        lifted.elapsed()
+    );
+}

@@ -113,6 +113,7 @@ start_gateway() { # WHO STAGING_BYTES
   show "$bin" serve --config "$run/$1.toml"
   "$bin" serve --config "$run/$1.toml" 2>"$run/$1.log" &
   pids+=($!) run_pids+=($!)
+  echo $! >"$run/$1.pid"
   echo "$gateway_port" >"$run/$1.port"
   for _ in $(seq 150); do cli "$1" status >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "$1 gateway did not start:" >&2
@@ -174,6 +175,7 @@ CONFIG
   show "$bin" --config "$run/tap.toml" tap
   "$bin" --config "$run/tap.toml" tap 2>"$run/tap.log" &
   pids+=($!) run_pids+=($!)
+  echo $! >"$run/tap.pid"
   wait_status source 30 'any(x["name"] == "disk-1" and x["attached"] for x in d["protected_disks"])'
   uri=nbd://127.0.0.1:$nbd_port/disk-1
 }
@@ -244,8 +246,20 @@ diagnose() {
   done
 }
 
-# Warnings and errors the three processes logged during this run.
+# CPU seconds (user + system) each process has used since it started.
+cpu_check() {
+  local who ticks
+  ticks=$(getconf CLK_TCK)
+  for who in source target tap; do
+    printf '%s %s s  ' "$who" "$(awk -v t="$ticks" '{printf "%.1f", ($14 + $15) / t}' "/proc/$(<"$run/$who.pid")/stat")"
+  done
+  echo
+}
+
+# Warnings and errors the three processes logged during this run (the
+# certificate refusals while pairing are the two `pair add` racing the dial).
 log_check() {
+  echo "  cpu: $(cpu_check)"
   local log count
   for log in source target tap; do
     count=$(grep -cE '\b(WARN|ERROR)\b' "$run/$log.log" || true)
@@ -291,12 +305,13 @@ drgw_run() { # NUMBER
   sequence=$(bookmark "copied-$1")
   bookmarked=$(date +%s.%N)
   times=$(wait_applied "$sequence" "$started")
-  run_wire_ratio=$(cli source status --json | json 'round(d["shipping"][0]["raw_bytes_sent"] / max(1, d["shipping"][0]["wire_bytes_sent"]), 2)')
-  if (($1 == 1)); then verify >&2; fi
+  run_wire_ratio=$(cli source status --json | json '"%.2f (zstd level %d)" % (d["shipping"][0]["raw_bytes_sent"] / max(1, d["shipping"][0]["wire_bytes_sent"]), d["shipping"][0]["zstd_level"])')
   echo "  run $1 logs:" >&2
   log_check >&2
+  if (($1 == 1)); then verify >&2; fi
   stop_pair
   read -r run_received_s run_applied_s <<<"$times"
+  run_wire_ratio=${run_wire_ratio// /_}
   run_copy_s=$(calc "round($copied - $started, 3)")
   run_bookmark_s=$(calc "round($bookmarked - $started, 3)")
   run_mbs=$(calc "round($((corpus_mib << 20)) / 1e6 / $run_applied_s, 1)")
@@ -358,11 +373,17 @@ lag() {
   cli source status --json >"$run/source.json"
   echo
   echo "== lag: fio --rw=write --bs=1M --iodepth=$lag_iodepth --rate=$lag_rate for $lag_seconds s, disk $lag_disk_mib MiB"
-  echo "fio achieved         $(json 'round(d["jobs"][0]["write"]["bw_bytes"] / 1e6, 1)' <"$run/fio.json") MB/s ($(json 'round(d["jobs"][0]["write"]["io_bytes"] / 2**20)' <"$run/fio.json") MiB written)"
+  echo "fio achieved         $(json 'round(d["jobs"][0]["write"]["bw_bytes"] / 1e6, 1)' <"$run/fio.json") MB/s ($(json 'round(d["jobs"][0]["write"]["io_bytes"] / 2**20)' <"$run/fio.json") MiB written; fio's clat p99 $(json 'round(d["jobs"][0]["write"]["clat_ns"]["percentile"]["99.000000"] / 1e6, 1)' <"$run/fio.json") ms)"
+  python3 - "$(json 'd["jobs"][0]["write"]["bw_bytes"]' <"$run/fio.json")" "$(numfmt --from=iec "${lag_rate^^}")" <<'PY'
+import sys
+reached = float(sys.argv[1]) / float(sys.argv[2])
+if reached < 0.9:
+    print(f"  NOTE: fio reached {reached:.0%} of the requested rate: the lag below is at that rate")
+PY
   json '"lag (staged -> durable at target): p50 %s ms, p99 %s ms, max %s ms, %s samples" % tuple(d["groups"][0][k] for k in ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "lag_samples"))' <"$run/source.json"
   echo "  (target p99 < 1000 ms; the samples are the last 20,000 tap appends at most)"
   echo "drained after fio    received ${times% *} s, applied ${times#* } s (bookmark after fio ended -> target)"
-  echo "wire ratio           $(json 'round(d["shipping"][0]["raw_bytes_sent"] / max(1, d["shipping"][0]["wire_bytes_sent"]), 2)' <"$run/source.json")"
+  echo "wire ratio           $(json '"%.2f (zstd level %d)" % (d["shipping"][0]["raw_bytes_sent"] / max(1, d["shipping"][0]["wire_bytes_sent"]), d["shipping"][0]["zstd_level"])' <"$run/source.json")"
   echo "logs:"
   log_check
   stop_pair

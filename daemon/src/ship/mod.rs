@@ -432,3 +432,31 @@ impl GroupShipper {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_level_follows_the_bottleneck() {
+        let mut level = AdaptiveLevel::new(None);
+        assert_eq!(level.level(), 1);
+        let ms = Duration::from_millis;
+        // The link is the bottleneck: batches wait longer than they take to compress.
+        for _ in 0..20 {
+            level.observe(ms(5), ms(50));
+        }
+        assert_eq!(level.level(), AdaptiveLevel::MAX);
+        // Compressing is: back down.
+        for _ in 0..20 {
+            level.observe(ms(50), ms(1));
+        }
+        assert_eq!(level.level(), AdaptiveLevel::MIN);
+        // Balanced: stays.
+        level.observe(ms(10), ms(10));
+        assert_eq!(level.level(), AdaptiveLevel::MIN);
+        let mut fixed = AdaptiveLevel::new(Some(7));
+        fixed.observe(ms(1), ms(100));
+        assert_eq!(fixed.level(), 7);
+    }
+}
