@@ -131,7 +131,8 @@ fn written_blocks(image: &Path) -> u64 {
 #[test]
 fn crash_consistent_points_keep_the_order_across_disks() {
     let size: u64 = 16 << 20;
-    let pair = Pair::start("");
+    // The journal encrypted at rest here (the other test: in the clear).
+    let pair = Pair::start("encrypt = true");
     let tap = TwoDiskTap::start(&pair.source, size);
     let blocks = 600;
     python(&[
@@ -182,4 +183,6 @@ fn crash_consistent_points_keep_the_order_across_disks() {
         seen_partial |= on_a > 0 && on_a < blocks;
     }
     assert!(seen_partial, "no cut fell inside the workload");
+    let key = pair.target.state_dir().join("staging.key");
+    assert!(key.exists(), "journal encryption made no key");
 }

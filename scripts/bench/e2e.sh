@@ -30,7 +30,9 @@
 # Env: DRGW_BIN (a prebuilt drgw; skips the build, which otherwise is
 #      `cargo build --release --bin drgw` into CARGO_TARGET_DIR or target/),
 #      WAIT_SECONDS (default 600: how long to wait for the target to apply),
-#      RETENTION_CAP_BYTES (default 64 GiB).
+#      RETENTION_CAP_BYTES (default 64 GiB), TIMELINE=1 (print, for each
+#      throughput run, one line a second of where the data is: tap, source
+#      staging, shipping, target).
 set -euo pipefail
 
 part=${1:-all}
@@ -61,9 +63,9 @@ else
 fi
 mkdir -p "$dir"
 work=$(mktemp -d "$dir/drgw-e2e.XXXXXX")
-pids=()
+run_pids=() # the processes of the pair running now (earlier ones are stopped)
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${run_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -112,7 +114,7 @@ start_gateway() { # WHO STAGING_BYTES
   gateway_config "$1" "$gateway_port" "$2" >"$run/$1.toml"
   show "$bin" serve --config "$run/$1.toml"
   "$bin" serve --config "$run/$1.toml" 2>"$run/$1.log" &
-  pids+=($!) run_pids+=($!)
+  run_pids+=($!)
   echo $! >"$run/$1.pid"
   echo "$gateway_port" >"$run/$1.port"
   for _ in $(seq 150); do cli "$1" status >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -131,6 +133,11 @@ wait_status() { # WHO SECONDS PYTHON-CONDITION-ON-d
   return 1
 }
 
+pin() { # ON NAME FINGERPRINT: pins gateway NAME on gateway ON
+  show drgw pair add --name "$2" --address "127.0.0.1:$(<"$run/$2.port")" --fingerprint "$3" "(on the $1)"
+  cli "$1" pair add --name "$2" --address "127.0.0.1:$(<"$run/$2.port")" --fingerprint "$3" >/dev/null
+}
+
 # A fresh source, target and tap serving disk-1 of DISK_MIB in group `bench`.
 start_pair() { # DISK_MIB
   local disk_mib=$1 staging_bytes target_fp source_fp tap_fp
@@ -142,10 +149,14 @@ start_pair() { # DISK_MIB
   start_gateway target "$staging_bytes"
   source_fp=$(cli source pair show --json | json 'd["fingerprint"]')
   target_fp=$(cli target pair show --json | json 'd["fingerprint"]')
-  show drgw pair add --name target --address "127.0.0.1:$(<"$run/target.port")" --fingerprint "$target_fp" "(on the source)"
-  cli source pair add --name target --address "127.0.0.1:$(<"$run/target.port")" --fingerprint "$target_fp" >/dev/null
-  show drgw pair add --name source --address "127.0.0.1:$(<"$run/source.port")" --fingerprint "$source_fp" "(on the target)"
-  cli target pair add --name source --address "127.0.0.1:$(<"$run/source.port")" --fingerprint "$source_fp" >/dev/null
+  # The side whose fingerprint sorts first dials: pin on the other one first.
+  if [[ $(LC_ALL=C sort <<<"$source_fp"$'\n'"$target_fp" | head -n1) == "$source_fp" ]]; then
+    pin target source "$source_fp"
+    pin source target "$target_fp"
+  else
+    pin source target "$target_fp"
+    pin target source "$source_fp"
+  fi
   wait_status source 30 'any(p["name"] == "target" and p["link"]["state"] == "connected" for p in d["peers"])'
 
   nbd_port=$(port)
@@ -174,7 +185,7 @@ CONFIG
   cli source protect disk-1 --group bench --tap tap-1 --size "${disk_mib}M" >/dev/null
   show "$bin" --config "$run/tap.toml" tap
   "$bin" --config "$run/tap.toml" tap 2>"$run/tap.log" &
-  pids+=($!) run_pids+=($!)
+  run_pids+=($!)
   echo $! >"$run/tap.pid"
   wait_status source 30 'any(x["name"] == "disk-1" and x["attached"] for x in d["protected_disks"])'
   uri=nbd://127.0.0.1:$nbd_port/disk-1
@@ -184,6 +195,7 @@ stop_pair() { # stops this run's processes; its files go with it
   local pid
   for pid in "${run_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${run_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  run_pids=()
   rm -rf "$run"
 }
 
@@ -294,24 +306,55 @@ zstd_run() { # prints MB/s of input of `zstd -1 -T1`
   calc "round($((corpus_mib << 20)) / 1e6 / ($ended - $started), 1)"
 }
 
+# With TIMELINE=1: samples tap, source and target once a second into
+# $run/timeline (a background process of the run, stopped with it).
+start_timeline() {
+  [[ ${TIMELINE:-0} == 1 ]] || return 0
+  python3 - "$bin" "$run" >"$run/timeline" <<'PY' &
+import json, subprocess, sys, time
+binary, run = sys.argv[1], sys.argv[2]
+status = lambda who: json.loads(subprocess.run([binary, "--socket", f"{run}/{who}/control.sock", "status", "--json"],
+                                               capture_output=True).stdout or "{}")
+mib = lambda b: f"{b / 2**20:7.0f}"
+print("     s  tap-pending-MiB  staged-MiB  staged-seq  shipped-raw-MiB  acked-seq  level  ack-ms  target-MiB  received-seq  applied-seq", flush=True)
+start = time.time()
+while True:
+    try:
+        tap = json.load(open(f"{run}/tap/state/status.json"))
+        source, target = status("source"), status("target")
+        group, ship = source["groups"][0], (source["shipping"] or [{}])[0]
+        applied = (target["target_groups"] or [{}])[0]
+        print(f"{time.time() - start:6.1f}  {mib(tap['pending_bytes'])}          {mib(group['bytes_on_disk'])}  {group['sequence_last_durable']:10}  "
+              f"{mib(ship.get('raw_bytes_sent', 0))}          {ship.get('acknowledged_through', 0):9}  {ship.get('zstd_level', 0):5}  {ship.get('last_ack_latency_ms') or 0:6}  "
+              f"{mib(applied.get('bytes_received', 0))}     {applied.get('received_through', 0):12}  {applied.get('applied_through', 0):11}", flush=True)
+    except (OSError, ValueError, KeyError, IndexError) as error:
+        print(f"{time.time() - start:6.1f}  ({error!r})", flush=True)
+    time.sleep(1)
+PY
+  run_pids+=($!)
+}
+
 # One drgw run on a fresh pair; sets run_mbs, run_copy_s, run_received_s,
-# run_bookmark_s, run_applied_s, run_wire_ratio (no subshell: the trap must know its processes).
+# run_bookmark_s, run_applied_s, run_wire_ratio, run_zstd_level (no
+# subshell: the trap must know its processes).
 drgw_run() { # NUMBER
   local started copied bookmarked sequence times
   start_pair "$corpus_mib" >&2
+  start_timeline
   started=$(date +%s.%N)
   nbdcopy "$corpus" "$uri"
   copied=$(date +%s.%N)
   sequence=$(bookmark "copied-$1")
   bookmarked=$(date +%s.%N)
   times=$(wait_applied "$sequence" "$started")
-  run_wire_ratio=$(cli source status --json | json '"%.2f (zstd level %d)" % (d["shipping"][0]["raw_bytes_sent"] / max(1, d["shipping"][0]["wire_bytes_sent"]), d["shipping"][0]["zstd_level"])')
+  read -r run_wire_ratio run_zstd_level < <(cli source status --json |
+    json '"%.2f %d" % (d["shipping"][0]["raw_bytes_sent"] / max(1, d["shipping"][0]["wire_bytes_sent"]), d["shipping"][0]["zstd_level"])')
   echo "  run $1 logs:" >&2
   log_check >&2
   if (($1 == 1)); then verify >&2; fi
+  if [[ ${TIMELINE:-0} == 1 ]]; then cat "$run/timeline" >&2; fi
   stop_pair
   read -r run_received_s run_applied_s <<<"$times"
-  run_wire_ratio=${run_wire_ratio// /_}
   run_copy_s=$(calc "round($copied - $started, 3)")
   run_bookmark_s=$(calc "round($bookmarked - $started, 3)")
   run_mbs=$(calc "round($((corpus_mib << 20)) / 1e6 / $run_applied_s, 1)")
@@ -329,7 +372,7 @@ verify() { # sha256 of the replica's latest point against the corpus
 }
 
 throughput() {
-  local zstd_runs=() drgw_runs=() received_runs=() applied_runs=() copy_runs=() bookmark_runs=() wire_runs=() i
+  local zstd_runs=() drgw_runs=() received_runs=() applied_runs=() copy_runs=() bookmark_runs=() wire_runs=() level_runs=() i
   make_corpus
   local zstd_ratio
   zstd_ratio=$(calc "round($((corpus_mib << 20)) / $(zstd -q -1 -T1 -c "$corpus" | wc -c), 2)")
@@ -343,7 +386,8 @@ throughput() {
     drgw_run "$i"
     drgw_runs+=("$run_mbs") received_runs+=("$run_received_s") applied_runs+=("$run_applied_s")
     copy_runs+=("$run_copy_s") bookmark_runs+=("$run_bookmark_s") wire_runs+=("$run_wire_ratio")
-    echo "run $i: zstd -1 -T1 ${zstd_runs[-1]} MB/s; drgw $run_mbs MB/s end to end (copy $run_copy_s s, bookmark staged $run_bookmark_s s, received $run_received_s s, applied $run_applied_s s, wire ratio $run_wire_ratio)" >&2
+    level_runs+=("$run_zstd_level")
+    echo "run $i: zstd -1 -T1 ${zstd_runs[-1]} MB/s; drgw $run_mbs MB/s end to end (copy $run_copy_s s, bookmark staged $run_bookmark_s s, received $run_received_s s, applied $run_applied_s s, wire ratio $run_wire_ratio at zstd level $run_zstd_level)" >&2
   done
   local zstd_median drgw_median
   zstd_median=$(median "${zstd_runs[@]}")
@@ -356,7 +400,7 @@ throughput() {
   echo "  bookmark staged    ${bookmark_runs[*]} s (its tap barrier: every acknowledged write staged at the source)"
   echo "  received after     ${received_runs[*]} s"
   echo "  applied after      ${applied_runs[*]} s"
-  echo "  wire ratio         ${wire_runs[*]} (raw_bytes_sent / wire_bytes_sent)"
+  echo "  wire ratio         ${wire_runs[*]} (raw_bytes_sent / wire_bytes_sent; zstd levels at the end: ${level_runs[*]})"
   echo "  materialize latest sha256 against the corpus: $verified"
   echo "ratio                $(calc "round($drgw_median / $zstd_median, 2)") drgw/zstd (target >= 0.8)"
 }
@@ -432,3 +476,5 @@ case $part in
     index
     ;;
 esac
+echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

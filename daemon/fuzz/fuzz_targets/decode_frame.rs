@@ -1,5 +1,6 @@
 //! Fuzzes the wire decoder: it must never panic, and whatever it accepts
 //! must re-encode to the bytes it consumed and decode again to the same frame.
+//! BATCH payloads (decompression and record parsing) must never panic either.
 //!
 //! Random bytes almost never carry a valid CRC32C, so each input is decoded
 //! twice: as given (header and checksum checks), and with its checksum
@@ -11,6 +12,8 @@ use drgw::wire::{decode, encode, BODY_BYTES_DEFAULT, HEADER_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // The BATCH payload parser sees raw bytes too (never panics, whatever they say).
+    let _ = drgw::ship::payload::decode_records(data, 0, u64::MAX, 1);
     check(data);
     if let Some(sealed) = with_valid_checksum(data) {
         check(&sealed);
@@ -21,6 +24,9 @@ fn check(data: &[u8]) {
     let Ok((frame, consumed)) = decode(data, BODY_BYTES_DEFAULT) else {
         return;
     };
+    if let drgw::wire::Frame::Batch(batch) = &frame {
+        let _ = drgw::ship::payload::open_batch(batch);
+    }
     let mut encoded = Vec::new();
     encode(&frame, &mut encoded).expect("a decoded frame re-encodes");
     assert_eq!(encoded, data[..consumed], "one encoding per frame");
