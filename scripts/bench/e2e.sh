@@ -24,8 +24,10 @@
 #               writes (fio, queue depth 32) spread over the disk: growth of the
 #               target's journal index memory per GiB written (target <= 1 %).
 #
-# It prints figures; it asserts nothing (exit 1 only when a run cannot finish:
-# then the status and log excerpts of the processes are printed).
+# Results go to stdout; progress and the exact commands run (`+ ...`) to
+# stderr. It prints figures; it asserts nothing (exit 1 only when a run
+# cannot finish: then the status and log excerpts of the processes are
+# printed).
 #
 # Env: DRGW_BIN (a prebuilt drgw; skips the build, which otherwise is
 #      `cargo build --release --bin drgw` into CARGO_TARGET_DIR or target/),

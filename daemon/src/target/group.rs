@@ -8,6 +8,7 @@ use super::intervals::{IntervalMap, Source};
 use super::replica::{self, Span};
 use super::state::{GroupState, ReplicaDisk, STATE_FORMAT};
 use super::undo::{UndoBlob, UndoBuilder};
+use super::uring;
 use super::{RecoveryPoint, TargetError, TargetPolicy, ZERO_DATA};
 use crate::ship::payload;
 use crate::staging::{CorruptionPolicy, RecordBody, StagedRecord, StagingConfig, StagingLog};
@@ -28,6 +29,8 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 const UNDO_PIECE_BYTES: u64 = 8 << 20;
 /// zstd level of undo blobs.
 const UNDO_LEVEL: i32 = 1;
+/// Replica writes in flight per batch.
+const RING_DEPTH: u32 = 32;
 /// Undo blobs kept decoded for point reads.
 const BLOB_CACHE: usize = 8;
 
@@ -73,6 +76,8 @@ pub struct TargetGroup {
     problem: Mutex<Option<String>>,
     counters: Mutex<Counters>,
     blob_cache: Mutex<VecDeque<(u64, Arc<UndoBlob>)>>,
+    /// The applier's io_uring for replica writes (made at the first batch).
+    ring: Mutex<Option<uring::ReplicaRing>>,
     rpo_exceeded: std::sync::atomic::AtomicBool,
 }
 
@@ -157,6 +162,7 @@ impl TargetGroup {
             problem: Mutex::new(None),
             counters: Mutex::new(Counters::default()),
             blob_cache: Mutex::new(VecDeque::new()),
+            ring: Mutex::new(None),
             rpo_exceeded: std::sync::atomic::AtomicBool::new(false),
         };
         group.rebuild()?;
@@ -598,30 +604,57 @@ impl TargetGroup {
         let handle = tokio::runtime::Handle::current();
         let range = handle.block_on(self.undo.append(vec![RecordBody::Blob { data: encoded }]))?;
         let undo_number = range.start;
-        // The undo is durable: now the replicas may change.
+        // The undo is durable: now the replicas may change. The overlays say
+        // which record has the last word on each byte: those pieces do not
+        // overlap, so they go out together, in any order.
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        for record in records {
-            match &record.body {
-                RecordBody::Write { disk, offset, data } => {
-                    self.replica(*disk)?
-                        .write_all_at(data, *offset)
-                        .map_err(|e| TargetError::io(&self.directory, e))?;
+        let mut files = Vec::new();
+        for disk in overlays.keys() {
+            files.push((*disk, self.replica(*disk)?));
+        }
+        let mut writes = Vec::new();
+        for (disk, overlay) in &overlays {
+            let file = &files.iter().find(|(d, _)| d == disk).expect("listed").1;
+            for (start, end, source) in overlay.ranges() {
+                match &records[source.id as usize].body {
+                    RecordBody::Write { data, .. } => {
+                        let at = source.position_of(start) as usize;
+                        writes.push(uring::WriteOp {
+                            file,
+                            offset: start,
+                            data: &data[at..at + (end - start) as usize],
+                        });
+                    }
+                    _ => replica::discard(file, start, end - start)
+                        .map_err(|e| TargetError::io(&self.directory, e))?,
                 }
-                RecordBody::Trim {
-                    disk,
-                    offset,
-                    length,
-                } => {
-                    replica::discard(&*self.replica(*disk)?, *offset, *length)
-                        .map_err(|e| TargetError::io(&self.directory, e))?;
-                }
-                _ => {}
             }
         }
+        self.write_replicas(&writes)?;
         index.add_blob(undo_number, &blob);
         drop(index);
         self.applied.send_replace(last);
         Ok(())
+    }
+
+    /// Writes through io_uring (pwrite if a ring cannot be set up).
+    fn write_replicas(&self, writes: &[uring::WriteOp<'_>]) -> Result<(), TargetError> {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.is_none() {
+            match uring::ReplicaRing::new(RING_DEPTH) {
+                Ok(created) => *ring = Some(created),
+                Err(error) => {
+                    tracing::warn!(%error, "target: io_uring unavailable for replicas; using pwrite");
+                }
+            }
+        }
+        let result = match ring.as_mut() {
+            Some(ring) => ring.write_all(writes),
+            None => writes
+                .iter()
+                .try_for_each(|w| w.file.write_all_at(w.data, w.offset)),
+        };
+        result.map_err(|e| TargetError::io(&self.directory, e))
     }
 
     /// fsyncs the replicas, stores the state, releases applied redo, and

@@ -44,6 +44,13 @@ impl IntervalMap {
         self.ranges.len()
     }
 
+    /// Every mapped range, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64, Source)> + '_ {
+        self.ranges
+            .iter()
+            .map(|(&start, &(end, source))| (start, end, source))
+    }
+
     /// Maps `start..end` to `source`, replacing what was there (last wins).
     pub fn overwrite(&mut self, start: u64, end: u64, source: Source) {
         if start >= end {

@@ -19,6 +19,7 @@ mod point;
 mod replica;
 mod state;
 mod undo;
+mod uring;
 
 pub use group::{TargetGroup, TargetGroupStatus};
 pub use point::PointView;
