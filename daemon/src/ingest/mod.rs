@@ -13,7 +13,7 @@ pub use rate::RateWindow;
 pub use replay::{replay, ReplayError, ReplayReport};
 
 use crate::catalog::ProtectedDisk;
-use crate::staging::{RecordBody, StagingConfig, StagingError, StagingLog};
+use crate::staging::{RecordBody, StagedRecord, StagingConfig, StagingError, StagingLog};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,6 +51,51 @@ struct GroupLog {
     unshipped: Mutex<std::collections::VecDeque<(u64, Instant)>>,
     /// Replication lag of recent appends, staged → durable at the target, in µs.
     lags_us: Mutex<std::collections::VecDeque<u64>>,
+    /// The most recently staged records (durable), kept in memory so the
+    /// transceiver need not read them back from the cache volume.
+    recent: Mutex<Recent>,
+}
+
+/// Payload bytes of staged records kept in memory per group.
+const RECENT_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Default)]
+struct Recent {
+    records: std::collections::VecDeque<StagedRecord>,
+    bytes: usize,
+}
+
+impl GroupLog {
+    /// Appends, then keeps a copy of the records among the recent ones.
+    async fn append_remembered(
+        &self,
+        bodies: Vec<RecordBody>,
+    ) -> Result<std::ops::Range<u64>, crate::staging::StagingError> {
+        let copies = bodies.clone();
+        let range = self.log.append(bodies).await?;
+        self.remember(range.clone(), copies);
+        Ok(range)
+    }
+
+    fn remember(&self, range: std::ops::Range<u64>, bodies: Vec<RecordBody>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for (sequence, body) in range.zip(bodies) {
+            recent.bytes += crate::staging::body_payload_bytes(&body);
+            // Appends may finish out of order: keep the records sorted.
+            let at = recent
+                .records
+                .iter()
+                .rposition(|r| r.sequence < sequence)
+                .map_or(0, |p| p + 1);
+            recent.records.insert(at, StagedRecord { sequence, body });
+        }
+        while recent.bytes > RECENT_BYTES_MAX {
+            let Some(dropped) = recent.records.pop_front() else {
+                break;
+            };
+            recent.bytes -= crate::staging::body_payload_bytes(&dropped.body);
+        }
+    }
 }
 
 /// Lag samples kept per group for the percentiles in `drgw status`.
@@ -233,6 +278,7 @@ impl Ingest {
             oldest_unshipped: Mutex::new(oldest),
             unshipped: Mutex::new(std::collections::VecDeque::new()),
             lags_us: Mutex::new(std::collections::VecDeque::new()),
+            recent: Mutex::new(Recent::default()),
         });
         logs.insert(group_id, entry.clone());
         Ok(entry)
@@ -275,12 +321,54 @@ impl Ingest {
         Ok(self.log(group_id, group).await?.log.clone())
     }
 
+    /// Staged records from `next` on, while they are in memory and
+    /// consecutive (up to about `max_bytes` of payload); `None` when `next`
+    /// is not in memory (read it from the staging log).
+    pub fn recent_from(
+        &self,
+        group_id: u32,
+        next: u64,
+        max_bytes: usize,
+    ) -> Option<Vec<StagedRecord>> {
+        let logs = self.logs.try_lock().ok()?;
+        let log = logs.get(&group_id)?;
+        let recent = log.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let first = recent.records.front()?.sequence;
+        if next < first {
+            return None;
+        }
+        let start = usize::try_from(next - first).ok()?;
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        let mut expected = next;
+        for record in recent.records.iter().skip(start) {
+            if record.sequence != expected || bytes >= max_bytes {
+                break;
+            }
+            bytes += crate::staging::body_payload_bytes(&record.body);
+            taken.push(record.clone());
+            expected += 1;
+        }
+        (!taken.is_empty()).then_some(taken)
+    }
+
     /// The target holds a group's records through `sequence`.
     pub fn shipped(&self, group_id: u32, sequence: u64) {
         let Ok(logs) = self.logs.try_lock() else {
             return;
         };
         if let Some(log) = logs.get(&group_id) {
+            {
+                let mut recent = log.recent.lock().unwrap_or_else(|p| p.into_inner());
+                while recent
+                    .records
+                    .front()
+                    .is_some_and(|r| r.sequence <= sequence)
+                {
+                    let dropped = recent.records.pop_front().expect("checked");
+                    recent.bytes -= crate::staging::body_payload_bytes(&dropped.body);
+                }
+            }
             let now = Instant::now();
             let mut unshipped = log.unshipped.lock().unwrap_or_else(|p| p.into_inner());
             let mut lags = log.lags_us.lock().unwrap_or_else(|p| p.into_inner());
@@ -309,7 +397,10 @@ impl Ingest {
         let logs: Vec<Arc<GroupLog>> = self.logs.lock().await.values().cloned().collect();
         let unix_ms = crate::clock::unix_millis();
         for log in logs {
-            if let Err(error) = log.log.append(vec![RecordBody::Point { unix_ms }]).await {
+            if let Err(error) = log
+                .append_remembered(vec![RecordBody::Point { unix_ms }])
+                .await
+            {
                 tracing::error!(group = %log.name, %error, "staging a recovery point failed");
             }
         }
@@ -428,14 +519,13 @@ impl Ingest {
             name: name.to_string(),
             unix_ms,
         };
-        let range = log
-            .log
-            .append(vec![body])
-            .await
-            .map_err(|source| IngestError::Staging {
-                group: group.to_string(),
-                source,
-            })?;
+        let range =
+            log.append_remembered(vec![body])
+                .await
+                .map_err(|source| IngestError::Staging {
+                    group: group.to_string(),
+                    source,
+                })?;
         Ok((range.start, unix_ms))
     }
 
@@ -455,7 +545,7 @@ impl Ingest {
             group: log.name.clone(),
             source,
         };
-        let append = log.log.append(bodies);
+        let append = log.append_remembered(bodies);
         tokio::pin!(append);
         let waited = tokio::select! {
             result = &mut append => return result.map_err(failed),

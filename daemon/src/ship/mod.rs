@@ -232,6 +232,79 @@ enum ShipError {
     Closed,
 }
 
+/// Batches compressed ahead of the link.
+const PREPARED_BATCHES: usize = 2;
+/// Batches compressed at once (on blocking threads).
+const COMPRESSING_MAX: usize = 2;
+
+struct Prepared {
+    batch: crate::wire::Batch,
+    compress: Duration,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads staged records from `next` and compresses them into batches, up to
+/// `COMPRESSING_MAX` at once, handing them over in sequence order.
+async fn produce(
+    ingest: Arc<crate::ingest::Ingest>,
+    log: Arc<StagingLog>,
+    group_id: u32,
+    mut next: u64,
+    level: Arc<Mutex<AdaptiveLevel>>,
+    prepared: mpsc::Sender<Result<Prepared, ShipError>>,
+    cancel: CancellationToken,
+) {
+    type Compressing = tokio::task::JoinHandle<Result<Prepared, payload::PayloadError>>;
+    let mut compressing: VecDeque<Compressing> = VecDeque::new();
+    loop {
+        while compressing.len() < COMPRESSING_MAX {
+            // The records are in memory when shipping keeps up; else on disk.
+            let records = match ingest.recent_from(group_id, next, BATCH_BYTES) {
+                Some(records) => records,
+                None => match log.read_from(next, BATCH_BYTES).await {
+                    Ok(records) => records,
+                    Err(error) => {
+                        let _ = prepared.send(Err(error.into())).await;
+                        return;
+                    }
+                },
+            };
+            let Some(last) = records.last() else { break };
+            next = last.sequence + 1;
+            let current = level.lock().unwrap_or_else(|p| p.into_inner()).level();
+            compressing.push_back(tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let batch = payload::build_batch(group_id, &records, current)?;
+                Ok(Prepared {
+                    batch,
+                    compress: started.elapsed(),
+                })
+            }));
+        }
+        let Some(oldest) = compressing.pop_front() else {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(IDLE_POLL) => continue,
+            }
+        };
+        let result = match oldest.await {
+            Ok(result) => result.map_err(ShipError::from),
+            Err(_) => Err(ShipError::Closed),
+        };
+        let failed = result.is_err();
+        if prepared.send(result).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 struct InFlight {
     sequence_last: u64,
     wire_bytes: usize,
@@ -294,98 +367,78 @@ impl GroupShipper {
             status.peer = self.peer.clone();
             status.acknowledged_through = resume;
         });
-        let mut next = resume + 1;
         let mut acknowledged = resume;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut in_flight_bytes = 0usize;
-        let mut level = AdaptiveLevel::new(self.appliance.settings().zstd_level);
-        let mut last_info_check = Instant::now();
+        let level = Arc::new(Mutex::new(AdaptiveLevel::new(
+            self.appliance.settings().zstd_level,
+        )));
+        let (prepared_sender, mut prepared) = mpsc::channel(PREPARED_BATCHES);
+        let producer = tokio::spawn(produce(
+            self.appliance.ingest.clone(),
+            log.clone(),
+            self.group_id,
+            resume + 1,
+            level.clone(),
+            prepared_sender,
+            self.cancel.clone(),
+        ));
+        let _stop_producer = AbortOnDrop(producer);
+        let mut info_checked = Instant::now();
         loop {
-            if self.cancel.is_cancelled() {
-                return Ok(());
-            }
-            // Take every ACK that is there.
-            while let Ok(acked) = self.acks.try_recv() {
-                self.on_ack(
-                    &log,
-                    acked,
-                    &mut acknowledged,
-                    &mut in_flight,
-                    &mut in_flight_bytes,
-                )?;
-            }
-            if last_info_check.elapsed() > Duration::from_secs(1) {
-                last_info_check = Instant::now();
+            if info_checked.elapsed() > Duration::from_secs(1) {
+                info_checked = Instant::now();
                 let now = self.info();
                 if now != info {
                     self.send(Frame::Group(now.clone())).await?;
                     info = now;
                 }
             }
-            if in_flight_bytes >= IN_FLIGHT_BYTES {
-                let waited = Instant::now();
-                let acked = self.next_ack().await?;
-                self.on_ack(
-                    &log,
-                    acked,
-                    &mut acknowledged,
-                    &mut in_flight,
-                    &mut in_flight_bytes,
-                )?;
-                level.observe(Duration::ZERO, waited.elapsed());
-                continue;
+            let room = in_flight_bytes < IN_FLIGHT_BYTES;
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(()),
+                acked = self.acks.recv() => {
+                    let acked = acked.ok_or(ShipError::Closed)?;
+                    self.on_ack(&log, acked, &mut acknowledged, &mut in_flight, &mut in_flight_bytes)?;
+                }
+                ready = prepared.recv(), if room => {
+                    let Prepared { batch, compress } = ready.ok_or(ShipError::Closed)??;
+                    let sequence_last = batch.sequence_last;
+                    let raw_bytes = u64::from(batch.raw_bytes);
+                    let wire_bytes = batch.payload.len();
+                    let wait_started = Instant::now();
+                    self.appliance.throttle.acquire(wire_bytes as u64).await;
+                    self.send(Frame::Batch(batch)).await?;
+                    let current = {
+                        let mut level = level.lock().unwrap_or_else(|p| p.into_inner());
+                        level.observe(compress, wait_started.elapsed());
+                        level.level()
+                    };
+                    let resent = {
+                        let mut high = board.sent_high.lock().unwrap_or_else(|p| p.into_inner());
+                        let entry = high.entry(self.group_id).or_insert(0);
+                        let resent = sequence_last <= *entry;
+                        *entry = (*entry).max(sequence_last);
+                        resent
+                    };
+                    board.update(self.group_id, |status| {
+                        status.batches_sent += 1;
+                        status.raw_bytes_sent += raw_bytes;
+                        status.wire_bytes_sent += wire_bytes as u64;
+                        if resent {
+                            status.resent_bytes += wire_bytes as u64;
+                        }
+                        status.zstd_level = current;
+                    });
+                    in_flight.push_back(InFlight {
+                        sequence_last,
+                        wire_bytes,
+                        sent: Instant::now(),
+                    });
+                    in_flight_bytes += wire_bytes;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            let records = log.read_from(next, BATCH_BYTES).await?;
-            let Some(last) = records.last() else {
-                self.appliance.ingest.shipped(self.group_id, acknowledged);
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return Ok(()),
-                    acked = self.acks.recv() => {
-                        let acked = acked.ok_or(ShipError::Closed)?;
-                        self.on_ack(&log, acked, &mut acknowledged, &mut in_flight, &mut in_flight_bytes)?;
-                    }
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
-                }
-                continue;
-            };
-            let sequence_last = last.sequence;
-            let compress_started = Instant::now();
-            let (group_id, current_level) = (self.group_id, level.level());
-            let batch = tokio::task::spawn_blocking(move || {
-                payload::build_batch(group_id, &records, current_level)
-            })
-            .await
-            .map_err(|_| ShipError::Closed)??;
-            let compress = compress_started.elapsed();
-            let raw_bytes = u64::from(batch.raw_bytes);
-            let wire_bytes = batch.payload.len();
-            let wait_started = Instant::now();
-            self.appliance.throttle.acquire(wire_bytes as u64).await;
-            self.send(Frame::Batch(batch)).await?;
-            level.observe(compress, wait_started.elapsed());
-            let resent = {
-                let mut high = board.sent_high.lock().unwrap_or_else(|p| p.into_inner());
-                let entry = high.entry(self.group_id).or_insert(0);
-                let resent = sequence_last <= *entry;
-                *entry = (*entry).max(sequence_last);
-                resent
-            };
-            board.update(self.group_id, |status| {
-                status.batches_sent += 1;
-                status.raw_bytes_sent += raw_bytes;
-                status.wire_bytes_sent += wire_bytes as u64;
-                if resent {
-                    status.resent_bytes += wire_bytes as u64;
-                }
-                status.zstd_level = level.level();
-            });
-            in_flight.push_back(InFlight {
-                sequence_last,
-                wire_bytes,
-                sent: Instant::now(),
-            });
-            in_flight_bytes += wire_bytes;
-            next = sequence_last + 1;
         }
     }
 

@@ -30,6 +30,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::StagingError;
+pub use record::body_payload_bytes;
 pub use recovery::{CorruptRecord, RecoveryReport};
 
 use crypto::Sealer;
