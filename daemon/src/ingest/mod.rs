@@ -340,14 +340,12 @@ impl Ingest {
         let start = usize::try_from(next - first).ok()?;
         let mut taken = Vec::new();
         let mut bytes = 0;
-        let mut expected = next;
-        for record in recent.records.iter().skip(start) {
+        for (expected, record) in (next..).zip(recent.records.iter().skip(start)) {
             if record.sequence != expected || bytes >= max_bytes {
                 break;
             }
             bytes += crate::staging::body_payload_bytes(&record.body);
             taken.push(record.clone());
-            expected += 1;
         }
         (!taken.is_empty()).then_some(taken)
     }
