@@ -295,6 +295,16 @@ fn a_corrupt_journal_record_is_reported_not_served() {
     // Nothing is served from it.
     let refused = pair.target.cli(&["points", "group-1"]);
     assert!(!refused.status.success());
+    // The source is told: that group alone stops shipping, the link stays up.
+    pair.source
+        .wait_for("the refusal", Duration::from_secs(30), |status| {
+            status["shipping"][0]["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("refused"))
+        });
+    std::thread::sleep(Duration::from_secs(3));
+    let target_link = pair.source.peer("target").unwrap();
+    assert_eq!(target_link["link"]["state"], "connected", "{target_link:#}");
 }
 
 #[test]

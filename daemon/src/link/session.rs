@@ -275,12 +275,15 @@ async fn appliance_loop<S: AsyncWrite>(
                 Frame::Group(info) => {
                     liveness.seen();
                     let group = info.group;
-                    let target = appliance
-                        .targets
-                        .announce(peer, info)
-                        .await
-                        .map_err(|error| SessionError::Target(error.to_string()))?;
-                    let ack = wire::Ack { group, sequence_durable: target.received_through() };
+                    // A group whose journal here is unusable is refused alone.
+                    let sequence_durable = match appliance.targets.announce(peer, info).await {
+                        Ok(target) => target.received_through(),
+                        Err(error) => {
+                            tracing::warn!(peer = %peer, group, %error, "group refused");
+                            wire::GROUP_REFUSED
+                        }
+                    };
+                    let ack = wire::Ack { group, sequence_durable };
                     wire::write_frame(writer, &Frame::Ack(ack)).await?;
                 }
                 Frame::Batch(batch) => {

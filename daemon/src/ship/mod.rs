@@ -26,6 +26,8 @@ const BATCH_BYTES: usize = 4 << 20;
 const IN_FLIGHT_BYTES: usize = 16 << 20;
 /// How often an idle group looks for new records.
 const IDLE_POLL: Duration = Duration::from_millis(20);
+/// A group the target refused is offered again after this.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// How long the target may take to answer GROUP or a batch.
 const ACK_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -42,6 +44,8 @@ pub struct ShipStatus {
     pub resent_bytes: u64,
     pub zstd_level: i32,
     pub last_ack_latency_ms: Option<u64>,
+    /// Why the group is not shipping, when it is not (retried every 30 s).
+    pub problem: Option<String>,
 }
 
 /// Every group's shipping figures, shared with status.
@@ -126,10 +130,19 @@ impl SourceSide {
         let routes = acks.clone();
         tokio::spawn(async move {
             let mut running: HashMap<u32, CancellationToken> = HashMap::new();
+            let retry_at: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
             loop {
                 let groups = groups_for(&appliance, &peer);
                 for (id, disks) in &groups {
                     if running.contains_key(id) {
+                        continue;
+                    }
+                    let waiting = retry_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(id)
+                        .is_some_and(|at| Instant::now() < *at);
+                    if waiting {
                         continue;
                     }
                     let (sender, receiver) = mpsc::unbounded_channel();
@@ -148,11 +161,27 @@ impl SourceSide {
                         acks: receiver,
                         cancel: token,
                     };
+                    let retry_at = retry_at.clone();
+                    let board = appliance.ship_board.clone();
+                    let group_id = *id;
                     tokio::spawn(async move {
                         let name = shipper.group.clone();
                         let cancel = shipper.cancel.clone();
-                        if let Err(error) = shipper.run().await {
-                            tracing::warn!(group = %name, %error, "shipping stopped; the link is restarted");
+                        let result = shipper.run().await;
+                        if let Err(error) = result {
+                            // This group alone stops; the link and other groups go on.
+                            let wait = match error {
+                                ShipError::Refused => REFUSED_RETRY,
+                                _ => Duration::from_secs(1),
+                            };
+                            tracing::warn!(group = %name, %error, retry_in_s = wait.as_secs(), "shipping of the group stopped");
+                            board.update(group_id, |status| {
+                                status.problem = Some(error.to_string())
+                            });
+                            retry_at
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(group_id, Instant::now() + wait);
                             cancel.cancel();
                         }
                     });
@@ -165,8 +194,7 @@ impl SourceSide {
                     }
                     keep
                 });
-                if running.values().any(CancellationToken::is_cancelled) || cancel.is_cancelled() {
-                    cancel.cancel();
+                if cancel.is_cancelled() {
                     return;
                 }
                 tokio::select! {
@@ -230,6 +258,8 @@ enum ShipError {
     AckBeyond { acked: u64, sent: u64 },
     #[error("session closed")]
     Closed,
+    #[error("the target refused the group (its journal there is unusable: see `drgw status` on the target)")]
+    Refused,
 }
 
 /// Batches compressed ahead of the link.
@@ -356,6 +386,9 @@ impl GroupShipper {
         let mut info = self.info();
         self.send(Frame::Group(info.clone())).await?;
         let resume = self.next_ack().await?;
+        if resume == crate::wire::GROUP_REFUSED {
+            return Err(ShipError::Refused);
+        }
         tracing::info!(group = %self.group, peer = %self.peer, resume_after = resume, "shipping");
         let durable = log.usage().sequence_last_durable;
         if resume > 0 {
@@ -366,6 +399,7 @@ impl GroupShipper {
             status.group = self.group.clone();
             status.peer = self.peer.clone();
             status.acknowledged_through = resume;
+            status.problem = None;
         });
         let mut acknowledged = resume;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();

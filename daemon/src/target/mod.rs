@@ -298,12 +298,19 @@ impl TargetRegistry {
         let registry = self.clone();
         let peer = peer.to_string();
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
+        let directory = format!("{peer}.{}", info.group);
+        let opened = tokio::task::spawn_blocking(move || {
             let _guard = runtime.enter();
             registry.open(&peer, info.group, Some(&info))
         })
         .await
-        .map_err(|_| TargetError::Corrupt("opening the group panicked".into()))?
+        .map_err(|_| TargetError::Corrupt("opening the group panicked".into()))?;
+        let mut problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        match &opened {
+            Ok(_) => problems.remove(&directory),
+            Err(error) => problems.insert(directory, error.to_string()),
+        };
+        opened
     }
 
     pub fn get(&self, peer: &str, group: u32) -> Option<Arc<TargetGroup>> {

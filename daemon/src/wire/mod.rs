@@ -68,6 +68,10 @@ pub const ATTACH_NAME_BYTES_MAX: usize = 255;
 pub const GROUP_NAME_BYTES_MAX: usize = 255;
 /// Most disks one GROUP frame lists.
 pub const GROUP_DISKS_MAX: usize = 255;
+/// `sequence_durable` of the ACK answering a GROUP the target refuses (its
+/// journal of that group is unusable): the source stops shipping the group
+/// and offers it again later; the link and other groups go on.
+pub const GROUP_REFUSED: u64 = u64::MAX;
 /// Fixed part of a BATCH body before its payload.
 pub const BATCH_FIXED_BYTES: usize = 4 + 8 + 8 + 4 + 1 + 4 + 4;
 /// Longest ERROR message, in bytes of UTF-8.
