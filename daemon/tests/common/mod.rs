@@ -425,33 +425,7 @@ impl Tap {
             primary = primary.display(),
         );
         fs::write(&config_path, text).unwrap();
-        let output = Command::new(BINARY)
-            .arg("--config")
-            .arg(&config_path)
-            .args(["tap", "--print-fingerprint"])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let text = String::from_utf8(output.stdout).unwrap();
-        let fingerprint = text
-            .lines()
-            .find_map(|line| line.strip_prefix("fingerprint"))
-            .unwrap()
-            .trim()
-            .to_string();
-        gateway.cli_ok(&[
-            "pair",
-            "add",
-            "--name",
-            "tap-1",
-            "--tap",
-            "--fingerprint",
-            &fingerprint,
-        ]);
+        pair_tap(gateway, &config_path);
         let protected = gateway.cli_ok(&[
             "protect",
             disk,
@@ -611,6 +585,37 @@ impl Drop for Tap {
 
 /// Replays a group's staging log into a zeroed image of `size_bytes`
 /// (the gateway must be stopped). Returns the image.
+/// Pins the tap of `tap_config` on `gateway` as `tap-1`.
+pub fn pair_tap(gateway: &Daemon, tap_config: &Path) {
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(tap_config)
+        .args(["tap", "--print-fingerprint"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let fingerprint = text
+        .lines()
+        .find_map(|line| line.strip_prefix("fingerprint"))
+        .unwrap()
+        .trim()
+        .to_string();
+    gateway.cli_ok(&[
+        "pair",
+        "add",
+        "--name",
+        "tap-1",
+        "--tap",
+        "--fingerprint",
+        &fingerprint,
+    ]);
+}
+
 pub fn replay_staging(gateway: &Daemon, group_id: u64, size_bytes: u64) -> Vec<u8> {
     use drgw::staging::{RecordBody, StagingConfig, StagingLog};
     let directory = gateway

@@ -120,28 +120,7 @@ impl TwoDiskTap {
             ),
         )
         .unwrap();
-        let output = Command::new(BINARY)
-            .arg("--config")
-            .arg(&config)
-            .args(["tap", "--print-fingerprint"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8(output.stdout).unwrap();
-        let fingerprint = text
-            .lines()
-            .find_map(|line| line.strip_prefix("fingerprint"))
-            .unwrap()
-            .trim()
-            .to_string();
-        gateway.cli_ok(&[
-            "pair",
-            "add",
-            "--name",
-            "tap-1",
-            "--tap",
-            "--fingerprint",
-            &fingerprint,
-        ]);
+        super::pair_tap(gateway, &config);
         for disk in ["disk-a", "disk-b"] {
             gateway.cli_ok(&[
                 "protect",
