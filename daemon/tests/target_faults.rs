@@ -93,6 +93,8 @@ fn a_cut_link_resumes_from_the_last_ack() {
     // Writes go on while the link is down: staged at the source.
     fs::write(&data, pseudo_random(3, size as usize)).unwrap();
     nbdcopy(&data, &tap.uri("disk-a"));
+    fs::write(&data, pseudo_random(4, size as usize)).unwrap();
+    nbdcopy(&data, &tap.uri("disk-b"));
     let last = bookmark(&pair.source, "after-cut");
     let remaining = Duration::from_secs(cut_seconds()).saturating_sub(cut_at.elapsed());
     std::thread::sleep(remaining);
@@ -114,7 +116,7 @@ fn a_cut_link_resumes_from_the_last_ack() {
         cut_seconds(),
         resent as f64 * 100.0 / sent as f64
     );
-    assert!(sent >= 3 * size, "{shipping:#}");
+    assert!(sent >= 4 * size, "{shipping:#}");
     assert!(resent * 100 < sent, "re-sent {resent} of {sent} bytes");
     let log = fs::read_to_string(&pair.source.log_path).unwrap();
     let resumes: Vec<&str> = log

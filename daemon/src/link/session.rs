@@ -251,9 +251,6 @@ async fn appliance_loop<S: AsyncWrite>(
     loop {
         tokio::select! {
             _ = context.cancel.cancelled() => return Ok(()),
-            _ = shipping.cancelled() => {
-                return Err(SessionError::Protocol("shipping failed; restarting the link".into()));
-            }
             due = liveness.due() => if due.is_some() {
                 let beat = liveness.heartbeat()?;
                 wire::write_frame(writer, &Frame::Heartbeat(beat)).await?;

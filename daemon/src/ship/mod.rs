@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 /// Payload bytes of records per batch (before compression).
 const BATCH_BYTES: usize = 4 << 20;
 /// Unacknowledged batch payload (compressed) on the link.
-const IN_FLIGHT_BYTES: usize = 16 << 20;
+const IN_FLIGHT_BYTES: usize = 8 << 20;
 /// How often an idle group looks for new records.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// A group the target refused is offered again after this.
