@@ -30,6 +30,7 @@ Needs python3-libnbd for `run` only (Debian: python3-libnbd).
 """
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -76,8 +77,17 @@ def run(args):
     blocks = args.size // args.block
     chooser = random.Random(args.seed)
     log = open(args.log, "a")
-    handle = nbd.NBD()
-    handle.connect_uri(args.uri)
+    # A tap just restarted may reset a connection made in the instant its
+    # listener came up; try again for a few seconds before giving up.
+    for attempt in range(50):
+        handle = nbd.NBD()
+        try:
+            handle.connect_uri(args.uri)
+            break
+        except nbd.Error as error:
+            if attempt == 49 or error.errno not in (errno.ECONNRESET, errno.ECONNREFUSED):
+                raise
+            time.sleep(0.1)
     if handle.get_size() < args.size:
         sys.exit(f"export is {handle.get_size()} bytes, less than --size {args.size}")
     in_flight = {}  # cookie -> (offset, counter, buffer)

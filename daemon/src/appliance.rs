@@ -53,6 +53,8 @@ pub struct Appliance {
     pub ingest: Arc<Ingest>,
     /// Groups replicated to this appliance (target side).
     pub targets: Arc<crate::target::TargetRegistry>,
+    /// Recovery exports, test failover and failover (target side).
+    pub recovery: Arc<crate::target::Recovery>,
     /// Shipping figures of the groups this appliance replicates (source side).
     pub ship_board: Arc<crate::ship::ShipBoard>,
     /// Bandwidth limit of shipping, on its schedule.

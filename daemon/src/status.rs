@@ -30,6 +30,9 @@ pub struct Status {
     pub target_groups: Vec<crate::target::TargetGroupStatus>,
     /// Target groups that could not be opened, by directory, and why.
     pub target_problems: std::collections::BTreeMap<String, String>,
+    /// Recovery exports and each target group's recovery state.
+    #[serde(default)]
+    pub recovery: Option<crate::target::RecoveryStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -135,6 +138,7 @@ pub fn collect(appliance: &Appliance) -> Status {
         bandwidth_limit_bytes_per_second: appliance.throttle.current_limit_bytes_per_second(),
         target_groups: appliance.targets.all().iter().map(|g| g.status()).collect(),
         target_problems: appliance.targets.problems(),
+        recovery: Some(appliance.recovery.status()),
     }
 }
 

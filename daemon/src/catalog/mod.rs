@@ -6,12 +6,16 @@
 //! Layout (format version 1): table `meta` (text → text) holds
 //! `format_version`, `appliance_id`, `created_unix_s`; table `peers`
 //! (peer name → JSON of [`crate::tls::PinnedPeer`]); table `disks` (disk
-//! name → JSON of [`ProtectedDisk`]). See docs/formats/catalog.md.
+//! name → JSON of [`ProtectedDisk`]); tables `recovery` and `drills` (target
+//! groups' recovery state and test failover drills, see [`recovery`]). See
+//! docs/formats/catalog.md.
 
 mod disks;
 mod peers;
+mod recovery;
 
 pub use disks::ProtectedDisk;
+pub use recovery::{Drill, GroupRecovery, RecoveryState, Transition};
 
 use crate::tls::Fingerprint;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -22,6 +26,8 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 const DISKS: TableDefinition<&str, &[u8]> = TableDefinition::new("disks");
 const GROUPS: TableDefinition<&str, u32> = TableDefinition::new("groups");
+const RECOVERY: TableDefinition<&str, &[u8]> = TableDefinition::new("recovery");
+const DRILLS: TableDefinition<&str, &[u8]> = TableDefinition::new("drills");
 
 /// The catalog format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -139,6 +145,12 @@ impl Catalog {
                 .map_err(|e| self.database_error(e))?;
             transaction
                 .open_table(GROUPS)
+                .map_err(|e| self.database_error(e))?;
+            transaction
+                .open_table(RECOVERY)
+                .map_err(|e| self.database_error(e))?;
+            transaction
+                .open_table(DRILLS)
                 .map_err(|e| self.database_error(e))?;
         }
         transaction.commit().map_err(|e| self.database_error(e))

@@ -85,6 +85,72 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let value = call(&cli.global, request)?;
             emit(json, &value, || print::materialized(&value))
         }
+        Command::Export {
+            group,
+            point,
+            disk,
+            writable,
+            json,
+        } => {
+            let request = Request::Export {
+                group,
+                point,
+                disk,
+                writable,
+            };
+            let value = call(&cli.global, request)?;
+            emit(json, &value, || print::exports(&value))
+        }
+        Command::Unexport { name, json } => {
+            let value = call(&cli.global, Request::Unexport { name })?;
+            emit(json, &value, || {
+                println!("{} ended", value["name"].as_str().unwrap_or_default())
+            })
+        }
+        Command::Exports { json } => {
+            let value = call(&cli.global, Request::Exports)?;
+            emit(json, &value, || print::exports(&value))
+        }
+        Command::TestFailover {
+            group,
+            point,
+            cleanup,
+            result,
+            note,
+            json,
+        } => {
+            let request = match point {
+                Some(point) if !cleanup => Request::TestFailover { group, point },
+                _ => Request::TestFailoverCleanup {
+                    group,
+                    result,
+                    note,
+                },
+            };
+            let value = call(&cli.global, request)?;
+            emit(json, &value, || print::outcome(&value))
+        }
+        Command::Failover {
+            group,
+            point,
+            cancel,
+            json,
+        } => {
+            let request = match point {
+                Some(point) if !cancel => Request::Failover { group, point },
+                _ => Request::FailoverCancel { group },
+            };
+            let value = call(&cli.global, request)?;
+            emit(json, &value, || print::outcome(&value))
+        }
+        Command::Commit { group, json } => {
+            let value = call(&cli.global, Request::Commit { group })?;
+            emit(json, &value, || print::outcome(&value))
+        }
+        Command::Recovery { group, json } => {
+            let value = call(&cli.global, Request::Recovery { group })?;
+            emit(json, &value, || print::recovery(&value))
+        }
         Command::Events { json } => {
             let value = call(&cli.global, Request::Events)?;
             emit(json, &value, || print::events(&value))

@@ -113,6 +113,82 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve disks of a group at a recovery point over NBD (read-only unless --writable)
+    Export {
+        group: String,
+        /// latest, latest-app, seq:N, bookmark:NAME, @UNIX_SECONDS or YYYY-MM-DDTHH:MM:SSZ
+        #[arg(long)]
+        point: String,
+        /// One disk (default: every disk of the group)
+        #[arg(long)]
+        disk: Option<String>,
+        /// Take writes into a scratch overlay, thrown away when the export ends
+        #[arg(long)]
+        writable: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// End an export made by `drgw export`
+    Unexport {
+        /// The export's name (see `drgw exports`)
+        name: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the recovery exports served by this appliance
+    Exports {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a test failover (writable copies of every disk at a point; replication goes on), or end it
+    TestFailover {
+        group: String,
+        /// The point to test (latest, latest-app, seq:N, bookmark:NAME, a time)
+        #[arg(long, required_unless_present = "cleanup", conflicts_with = "cleanup")]
+        point: Option<String>,
+        /// End the drill: throw its writes away and record it
+        #[arg(long)]
+        cleanup: bool,
+        /// With --cleanup: how the drill went (passed or failed)
+        #[arg(long, requires = "cleanup", value_parser = ["passed", "failed"])]
+        result: Option<String>,
+        /// With --cleanup: a note kept with the drill's record
+        #[arg(long, requires = "cleanup", default_value = "")]
+        note: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fail a group over to a point: its disks are served writable as the primaries
+    Failover {
+        group: String,
+        /// The point to fail over to (latest, latest-app, seq:N, bookmark:NAME, a time)
+        #[arg(long, required_unless_present = "cancel", conflicts_with = "cancel")]
+        point: Option<String>,
+        /// Undo a failover not committed yet (writes made since are thrown away)
+        #[arg(long)]
+        cancel: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a failover final: the replicas become the disks, newer journal data is released
+    Commit {
+        group: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// A group's recovery state, its transitions and its test failover drills
+    Recovery {
+        group: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent events: RPO crossings, retention trimmed for space
     Events {
         /// Print JSON instead of text

@@ -373,6 +373,107 @@ pub fn materialized(value: &serde_json::Value) {
     );
 }
 
+pub fn exports(value: &serde_json::Value) {
+    let exports = value.as_array().cloned().unwrap_or_default();
+    if exports.is_empty() {
+        println!("no recovery exports");
+        return;
+    }
+    let rows: Vec<[String; 6]> = exports
+        .iter()
+        .map(|export| {
+            let point = &export["point"];
+            let at = match point["bookmark"].as_str() {
+                Some(name) => format!("bookmark {name}"),
+                None => crate::target::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
+            };
+            [
+                export["uri"].as_str().unwrap_or_default().to_string(),
+                export["disk"].as_str().unwrap_or_default().to_string(),
+                format!("seq {} ({at})", point["sequence"]),
+                if export["writable"].as_bool().unwrap_or(false) {
+                    "rw".into()
+                } else {
+                    "ro".into()
+                },
+                export["purpose"].as_str().unwrap_or_default().to_string(),
+                bytes(export["written_bytes"].as_u64().unwrap_or(0)),
+            ]
+        })
+        .collect();
+    table(
+        &["EXPORT", "DISK", "POINT", "MODE", "PURPOSE", "WRITTEN"].map(String::from),
+        &rows,
+    );
+}
+
+pub fn outcome(value: &serde_json::Value) {
+    println!(
+        "{}: {}",
+        value["group"].as_str().unwrap_or_default(),
+        value["message"].as_str().unwrap_or_default()
+    );
+    if let Some(point) = value.get("point").filter(|p| !p.is_null()) {
+        let kind = match point["bookmark"].as_str() {
+            Some(name) => format!(", bookmark {name}"),
+            None => String::new(),
+        };
+        println!(
+            "point: sequence {} ({}{kind})",
+            point["sequence"],
+            crate::target::format_utc(point["unix_ms"].as_u64().unwrap_or(0))
+        );
+    }
+    if value["exports"].as_array().is_some_and(|e| !e.is_empty()) {
+        exports(&value["exports"]);
+    }
+}
+
+pub fn recovery(value: &serde_json::Value) {
+    let state = value["state"]["state"].as_str().unwrap_or("protected");
+    println!("{}: {state}", value["group"].as_str().unwrap_or_default());
+    let transitions = value["transitions"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<[String; 3]> = transitions
+        .iter()
+        .map(|t| {
+            [
+                crate::target::format_utc(t["unix_ms"].as_u64().unwrap_or(0)),
+                format!(
+                    "{} -> {}",
+                    t["from"].as_str().unwrap_or_default(),
+                    t["to"].as_str().unwrap_or_default()
+                ),
+                t["note"].as_str().unwrap_or_default().to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        table(
+            &["TIME (UTC)", "TRANSITION", "NOTE"].map(String::from),
+            &rows,
+        );
+    }
+    let drills = value["drills"].as_array().cloned().unwrap_or_default();
+    if !drills.is_empty() {
+        println!("test failover drills:");
+        let rows: Vec<[String; 4]> = drills
+            .iter()
+            .map(|d| {
+                [
+                    crate::target::format_utc(d["started_unix_ms"].as_u64().unwrap_or(0)),
+                    format!("seq {}", d["point"]["sequence"]),
+                    d["result"].as_str().unwrap_or_default().to_string(),
+                    d["note"].as_str().unwrap_or_default().to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &["STARTED (UTC)", "POINT", "RESULT", "NOTE"].map(String::from),
+            &rows,
+        );
+    }
+}
+
 pub fn events(value: &serde_json::Value) {
     let events = value.as_array().cloned().unwrap_or_default();
     if events.is_empty() {

@@ -61,6 +61,7 @@ pub struct Config {
     pub bandwidth: BandwidthConfig,
     pub retention: RetentionSettings,
     pub events: EventsConfig,
+    pub recovery: RecoveryConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -151,6 +152,27 @@ pub struct EventsConfig {
     /// Absolute path of a command run with each event's JSON on stdin; empty: none.
     #[serde(deserialize_with = "validate::optional_absolute_path")]
     pub command: String,
+}
+
+/// `[recovery]`: the NBD listener of recovery exports (point-in-time
+/// exports, test failover, failover) on the target appliance. Needs restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecoveryConfig {
+    #[serde(deserialize_with = "validate::ip_address")]
+    pub address: IpAddr,
+    /// 1..=65535.
+    #[serde(deserialize_with = "validate::port")]
+    pub port: u16,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 10809,
+        }
+    }
 }
 
 /// `[control]`: the root-only control socket.

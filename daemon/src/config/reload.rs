@@ -51,6 +51,12 @@ pub(super) const RESTART_FIELDS: &[(&str, Changed)] = &[
     ("retention.encrypt", |old, new| {
         old.retention.encrypt != new.retention.encrypt
     }),
+    ("recovery.address", |old, new| {
+        old.recovery.address != new.recovery.address
+    }),
+    ("recovery.port", |old, new| {
+        old.recovery.port != new.recovery.port
+    }),
     ("control.socket", |old, new| {
         old.control.socket != new.control.socket
     }),

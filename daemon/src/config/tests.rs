@@ -65,7 +65,7 @@ fn schema_fields() -> Vec<(String, String)> {
     fields
 }
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "appliance",
     "replication",
     "control",
@@ -74,6 +74,7 @@ const SECTIONS: [&str; 10] = [
     "bandwidth",
     "retention",
     "events",
+    "recovery",
     "log",
     "shutdown",
 ];
@@ -747,6 +748,8 @@ fn changes_needing_restart_lists_exactly_the_restart_fields() {
         ("retention", "rpo_threshold_s", "300", true),
         ("retention", "encrypt", "true", true),
         ("events", "command", "\"/usr/local/bin/notify\"", false),
+        ("recovery", "address", "\"0.0.0.0\"", true),
+        ("recovery", "port", "10810", true),
         ("control", "socket", "\"/run/other.sock\"", true),
         ("staging", "capacity_bytes", "17179869184", true),
         ("staging", "segment_bytes", "33554432", true),

@@ -42,7 +42,13 @@ pub async fn request(socket: &Path, request: Request) -> Result<serde_json::Valu
             source,
         })?;
     let timeout = match request {
-        Request::Materialize { .. } => LONG_RESPONSE_TIMEOUT,
+        // A commit merges every written block into the replicas; a failover
+        // may wait for what was received to be applied.
+        Request::Materialize { .. }
+        | Request::Commit { .. }
+        | Request::Failover { .. }
+        | Request::TestFailover { .. }
+        | Request::Export { .. } => LONG_RESPONSE_TIMEOUT,
         _ => RESPONSE_TIMEOUT,
     };
     let envelope = Envelope {

@@ -41,6 +41,11 @@ pub async fn handle(
             out,
         } => super::recovery::materialize(&appliance, &group, &point, &disk, &out).map(to_value)?,
         Request::Events => to_value(crate::target::recent_events()),
+        Request::Exports => to_value(appliance.recovery.list()),
+        Request::Recovery { group } => {
+            super::recovery::history(&appliance, &group).map(to_value)?
+        }
+        request => super::recovery::transition(&appliance, request).and_then(to_value),
     })
     .await;
     outcome.map_err(|error| format!("request handler failed: {error}"))?

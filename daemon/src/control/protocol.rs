@@ -52,6 +52,52 @@ pub enum Request {
     },
     /// Recent events (RPO crossings, retention trims).
     Events,
+    /// Serve disks of a group at a point over NBD (target side).
+    Export {
+        group: String,
+        point: String,
+        #[serde(default)]
+        disk: Option<String>,
+        #[serde(default)]
+        writable: bool,
+    },
+    /// End an export made by `Export`.
+    Unexport {
+        name: String,
+    },
+    /// Recovery exports served now.
+    Exports,
+    /// Writable disks of the whole group at a point, replication going on.
+    TestFailover {
+        group: String,
+        point: String,
+    },
+    /// End the test failover: throw its writes away, record the drill.
+    TestFailoverCleanup {
+        group: String,
+        /// "passed" or "failed", as the operator judged the drill.
+        #[serde(default)]
+        result: Option<String>,
+        #[serde(default)]
+        note: String,
+    },
+    /// Serve the group's disks at a point as the primaries; refuse new batches.
+    Failover {
+        group: String,
+        point: String,
+    },
+    /// Undo a failover not yet committed.
+    FailoverCancel {
+        group: String,
+    },
+    /// Make a failover final.
+    Commit {
+        group: String,
+    },
+    /// A group's recovery state, transitions and drills.
+    Recovery {
+        group: String,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

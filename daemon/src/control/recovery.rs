@@ -37,6 +37,79 @@ pub struct Materialized {
     pub seconds: f64,
 }
 
+/// A group's recovery state with its transitions and drills.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryHistory {
+    #[serde(flatten)]
+    pub record: crate::catalog::GroupRecovery,
+    pub drills: Vec<crate::catalog::Drill>,
+}
+
+pub fn history(appliance: &Appliance, group: &str) -> Result<RecoveryHistory, String> {
+    let record = appliance
+        .recovery
+        .history(group)
+        .map_err(|e| e.to_string())?;
+    let drills = appliance
+        .recovery
+        .drills(group)
+        .map_err(|e| e.to_string())?;
+    Ok(RecoveryHistory { record, drills })
+}
+
+/// Export, test failover, failover, cancel, commit: run on the runtime (they
+/// wait for the applier and open point views).
+pub fn transition(
+    appliance: &Appliance,
+    request: crate::control::Request,
+) -> Result<serde_json::Value, String> {
+    use crate::control::Request;
+    let recovery = appliance.recovery.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let encode = |value: Result<serde_json::Value, crate::target::TargetError>| {
+        value.map_err(|e| e.to_string())
+    };
+    runtime.block_on(async move {
+        encode(match request {
+            Request::Export {
+                group,
+                point,
+                disk,
+                writable,
+            } => recovery
+                .export(&group, &point, disk.as_deref(), writable)
+                .await
+                .map(to_json),
+            Request::Unexport { name } => recovery.unexport(&name).await.map(to_json),
+            Request::TestFailover { group, point } => {
+                recovery.test_failover(&group, &point).await.map(to_json)
+            }
+            Request::TestFailoverCleanup {
+                group,
+                result,
+                note,
+            } => recovery
+                .test_failover_cleanup(&group, result.as_deref(), &note)
+                .await
+                .map(to_json),
+            Request::Failover { group, point } => {
+                recovery.failover(&group, &point).await.map(to_json)
+            }
+            Request::FailoverCancel { group } => {
+                recovery.failover_cancel(&group).await.map(to_json)
+            }
+            Request::Commit { group } => recovery.commit(&group).await.map(to_json),
+            other => Err(crate::target::TargetError::Protocol(format!(
+                "not a recovery request: {other:?}"
+            ))),
+        })
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).expect("recovery answers serialize")
+}
+
 pub fn points(appliance: &Appliance, group: &str) -> Result<PointList, String> {
     let target = appliance.targets.find(group).map_err(|e| e.to_string())?;
     let (recoverable_from, applied_through) = target.recoverable();

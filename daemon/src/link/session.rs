@@ -289,10 +289,15 @@ async fn appliance_loop<S: AsyncWrite>(
                     let target = appliance.targets.get(peer, group).ok_or_else(|| {
                         SessionError::Protocol(format!("BATCH for group {group} before its GROUP"))
                     })?;
-                    let durable = target
-                        .receive(batch)
-                        .await
-                        .map_err(|error| SessionError::Target(error.to_string()))?;
+                    let durable = match target.receive(batch).await {
+                        Ok(durable) => durable,
+                        // Failed over here: refused alone, the link goes on.
+                        Err(crate::target::TargetError::Held(reason)) => {
+                            tracing::info!(peer = %peer, group, %reason, "batch refused");
+                            wire::GROUP_REFUSED
+                        }
+                        Err(error) => return Err(SessionError::Target(error.to_string())),
+                    };
                     let ack = wire::Ack { group, sequence_durable: durable };
                     wire::write_frame(writer, &Frame::Ack(ack)).await?;
                 }

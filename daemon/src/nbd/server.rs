@@ -21,12 +21,19 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (out of descriptors, say) before retrying.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
-/// Serves a fixed set of exports over NBD (fixed newstyle).
+/// Serves a set of exports over NBD (fixed newstyle). Exports can be added
+/// and removed while it runs; removing one ends its connections.
 pub struct NbdServer {
-    exports: Vec<Export>,
+    exports: std::sync::RwLock<Vec<Served>>,
     limits: Limits,
     connections: Arc<Semaphore>,
     counters: Counters,
+}
+
+struct Served {
+    export: Export,
+    /// Cancelled when the export is removed: its connections end.
+    removed: CancellationToken,
 }
 
 /// Connection counters since the server was made (for status and tests).
@@ -53,16 +60,19 @@ impl NbdServer {
     /// expected to refuse duplicates before this).
     pub fn new(exports: Vec<Export>, limits: Limits) -> NbdServer {
         let limits = limits.normalized();
-        let mut unique: Vec<Export> = Vec::with_capacity(exports.len());
+        let mut unique: Vec<Served> = Vec::with_capacity(exports.len());
         for export in exports {
-            if unique.iter().any(|kept| kept.name == export.name) {
+            if unique.iter().any(|kept| kept.export.name == export.name) {
                 tracing::warn!(name = %export.name, "duplicate nbd export name ignored");
                 continue;
             }
-            unique.push(export);
+            unique.push(Served {
+                export,
+                removed: CancellationToken::new(),
+            });
         }
         NbdServer {
-            exports: unique,
+            exports: std::sync::RwLock::new(unique),
             limits,
             connections: Arc::new(Semaphore::new(limits.connections_max)),
             counters: Counters::default(),
@@ -73,8 +83,43 @@ impl NbdServer {
         self.limits
     }
 
-    pub fn exports(&self) -> &[Export] {
-        &self.exports
+    /// The exports served now.
+    pub fn exports(&self) -> Vec<Export> {
+        self.lock_exports()
+            .iter()
+            .map(|served| served.export.clone())
+            .collect()
+    }
+
+    fn lock_exports(&self) -> std::sync::RwLockReadGuard<'_, Vec<Served>> {
+        self.exports.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves `export` to new connections; false (and nothing changes) when
+    /// an export of that name exists.
+    pub fn add_export(&self, export: Export) -> bool {
+        let mut exports = self.exports.write().unwrap_or_else(|p| p.into_inner());
+        if exports
+            .iter()
+            .any(|served| served.export.name == export.name)
+        {
+            return false;
+        }
+        exports.push(Served {
+            export,
+            removed: CancellationToken::new(),
+        });
+        true
+    }
+
+    /// Stops serving the export `name` and ends its connections (requests in
+    /// flight finish first); returns it, or `None` if there is none.
+    pub fn remove_export(&self, name: &str) -> Option<Export> {
+        let mut exports = self.exports.write().unwrap_or_else(|p| p.into_inner());
+        let position = exports.iter().position(|s| s.export.name == name)?;
+        let served = exports.remove(position);
+        served.removed.cancel();
+        Some(served.export)
     }
 
     pub fn stats(&self) -> ServerStats {
@@ -147,9 +192,10 @@ impl NbdServer {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let exports = self.exports();
         let handshake = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            negotiate(&mut stream, &self.exports, &self.limits),
+            negotiate(&mut stream, &exports, &self.limits),
         );
         let negotiated = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -160,7 +206,34 @@ impl NbdServer {
         let Some(negotiated) = negotiated else {
             return Ok(());
         };
+        let removed = self
+            .lock_exports()
+            .iter()
+            .find(|served| served.export.name == negotiated.export.name)
+            .map(|served| served.removed.clone());
+        let Some(removed) = removed else {
+            // Removed during the handshake.
+            return Ok(());
+        };
+        let cancel = {
+            let both = cancel.child_token();
+            let child = both.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = removed.cancelled() => child.cancel(),
+                    _ = child.cancelled() => {}
+                }
+            });
+            both
+        };
         tracing::debug!(export = %negotiated.export.name, "nbd transmission started");
-        transmit(stream, Session::new(negotiated, self.limits), cancel).await
+        let result = transmit(
+            stream,
+            Session::new(negotiated, self.limits),
+            cancel.clone(),
+        )
+        .await;
+        cancel.cancel();
+        result
     }
 }

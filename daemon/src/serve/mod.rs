@@ -108,6 +108,29 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         cancel.clone(),
     ));
     targets.open_existing();
+    let recovery_nbd = Arc::new(crate::nbd::NbdServer::new(
+        Vec::new(),
+        crate::nbd::Limits::default(),
+    ));
+    let recovery_address = std::net::SocketAddr::new(config.recovery.address, config.recovery.port);
+    let recovery_listener = match tokio::net::TcpListener::bind(recovery_address).await {
+        Ok(listener) => Ok(listener),
+        Err(error) => {
+            // Not fatal: replication goes on; exports say why they cannot be served.
+            tracing::error!(address = %recovery_address, %error, "recovery NBD listener not up");
+            Err(format!("cannot listen on {recovery_address}: {error}"))
+        }
+    };
+    let recovery = Arc::new(crate::target::Recovery::new(
+        targets.clone(),
+        catalog.clone(),
+        recovery_nbd.clone(),
+        recovery_listener
+            .as_ref()
+            .map(|l| l.local_addr().unwrap_or(recovery_address))
+            .map_err(Clone::clone),
+    ));
+    recovery.restore().await;
     crate::target::set_event_hook(config.events_command());
     let appliance = Arc::new(Appliance {
         id,
@@ -119,6 +142,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         refusals: Default::default(),
         ingest,
         targets,
+        recovery,
         ship_board: Default::default(),
         throttle: Arc::new(crate::throttle::Throttle::new(config.bandwidth_schedule())),
         listen_address,
@@ -147,6 +171,9 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         tracker.clone(),
         cancel.clone(),
     ));
+    if let Ok(listener) = recovery_listener {
+        tracker.spawn(recovery_nbd.serve(listener, tracker.clone(), cancel.clone()));
+    }
     tracker.spawn(notify::watchdog(cancel.clone()));
     tracker.spawn(take_points(
         appliance.clone(),
@@ -167,6 +194,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         }
     };
     drain(reason, &appliance, &tracker, &cancel, &mut signals).await;
+    appliance.recovery.flush_all();
     let _ = std::fs::remove_file(&config.control.socket);
     Ok(())
 }

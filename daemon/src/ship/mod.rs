@@ -258,7 +258,7 @@ enum ShipError {
     AckBeyond { acked: u64, sent: u64 },
     #[error("session closed")]
     Closed,
-    #[error("the target refused the group (its journal there is unusable: see `drgw status` on the target)")]
+    #[error("the target refused the group (failed over there, or its journal there is unusable: see `drgw status` on the target)")]
     Refused,
 }
 
@@ -495,6 +495,9 @@ impl GroupShipper {
         in_flight: &mut VecDeque<InFlight>,
         in_flight_bytes: &mut usize,
     ) -> Result<(), ShipError> {
+        if acked == crate::wire::GROUP_REFUSED {
+            return Err(ShipError::Refused);
+        }
         let sent = in_flight.back().map_or(*acknowledged, |f| f.sequence_last);
         if acked > sent {
             return Err(ShipError::AckBeyond { acked, sent });

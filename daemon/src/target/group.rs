@@ -79,6 +79,28 @@ pub struct TargetGroup {
     /// The applier's io_uring for replica writes (made at the first batch).
     ring: Mutex<Option<uring::ReplicaRing>>,
     rpo_exceeded: std::sync::atomic::AtomicBool,
+    /// Points held by exports: retention keeps what they need.
+    pins: Mutex<BTreeMap<u64, u64>>,
+    next_pin: AtomicU64,
+    /// Set while the group is failed over (or committed): new batches are
+    /// refused with this reason, so nothing more is applied.
+    hold: Mutex<Option<String>>,
+}
+
+/// Keeps the undo a point needs from retention while it lives.
+pub struct PointPin {
+    group: Arc<TargetGroup>,
+    id: u64,
+}
+
+impl Drop for PointPin {
+    fn drop(&mut self) {
+        self.group
+            .pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 #[derive(Default)]
@@ -164,6 +186,9 @@ impl TargetGroup {
             blob_cache: Mutex::new(VecDeque::new()),
             ring: Mutex::new(None),
             rpo_exceeded: std::sync::atomic::AtomicBool::new(false),
+            pins: Mutex::new(BTreeMap::new()),
+            next_pin: AtomicU64::new(1),
+            hold: Mutex::new(None),
         };
         group.rebuild()?;
         Ok(group)
@@ -354,10 +379,88 @@ impl TargetGroup {
         Ok(())
     }
 
+    /// Keeps the history of `sequence` from retention until the pin drops.
+    /// Over the journal cap, pinned history is still kept (the cap is
+    /// exceeded, with a warning) rather than a drill or failover losing its point.
+    pub fn pin(self: &Arc<Self>, sequence: u64) -> PointPin {
+        let id = self.next_pin.fetch_add(1, Ordering::SeqCst);
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, sequence);
+        PointPin {
+            group: self.clone(),
+            id,
+        }
+    }
+
+    /// The oldest pinned sequence.
+    fn pinned_from(&self) -> Option<u64> {
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .min()
+            .copied()
+    }
+
+    /// Refuses new batches from now on (`Some(reason)`), or takes them again.
+    pub fn set_hold(&self, reason: Option<String>) {
+        *self.hold.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+        self.arrived.notify_one();
+    }
+
+    /// Why new batches are refused, if they are.
+    pub fn held(&self) -> Option<String> {
+        self.hold.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until everything received is applied (`timeout` at most).
+    pub async fn wait_applied(&self, timeout: Duration) -> Result<u64, TargetError> {
+        let target = self.received_through();
+        let mut applied = self.subscribe_applied();
+        let reached = tokio::time::timeout(timeout, applied.wait_for(|a| *a >= target)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(target),
+            _ => Err(TargetError::NotYet(format!(
+                "applied through {} of {target} received after {} s{}",
+                self.applied_through(),
+                timeout.as_secs(),
+                self.problem().map_or(String::new(), |p| format!(": {p}"))
+            ))),
+        }
+    }
+
+    /// Releases the whole journal: after a commit, the replicas are the
+    /// disks and no older point can be rebuilt from them.
+    pub fn discard_history(&self) -> Result<(), TargetError> {
+        self.sync_replicas()?;
+        let last_undo = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            index.undo_records.back().map(|r| r.undo)
+        };
+        if let Some(undo) = last_undo {
+            self.release_undo(undo);
+        }
+        let applied = self.applied_through();
+        {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            index.points.clear();
+            index.recoverable_from = applied + 1;
+        }
+        *self.newest_point.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let redo_last = self.redo.usage().sequence_last_durable;
+        self.redo.release_through(redo_last)?;
+        Ok(())
+    }
+
     /// Checks a batch, makes it durable in the redo journal, and returns the
     /// sequence to acknowledge. A batch already held is acknowledged again
     /// and dropped.
     pub async fn receive(&self, batch: Batch) -> Result<u64, TargetError> {
+        if let Some(reason) = self.held() {
+            return Err(TargetError::Held(reason));
+        }
         let received = self.received_through();
         if batch.sequence_last <= received {
             self.counters
@@ -702,6 +805,10 @@ impl TargetGroup {
                 .find(|p| p.unix_ms >= cutoff)
                 .or(index.points.back())
                 .map(|p| p.sequence);
+            let keep = match (keep, self.pinned_from()) {
+                (Some(keep), Some(pinned)) => Some(keep.min(pinned)),
+                (keep, _) => keep,
+            };
             keep.and_then(|keep| {
                 index
                     .undo_records
@@ -741,17 +848,26 @@ impl TargetGroup {
             let victim = {
                 let index = self.index.read().unwrap_or_else(|p| p.into_inner());
                 let count = index.undo_records.len();
+                let pinned = self.pinned_from().unwrap_or(u64::MAX);
                 if count <= 1 {
                     None
                 } else {
-                    // An eighth of what is kept (at least one record), oldest first.
+                    // An eighth of what is kept (at least one record), oldest
+                    // first; never what a pinned point needs.
                     index
                         .undo_records
                         .get((count / 8).max(1) - 1)
+                        .filter(|r| r.sequence_last <= pinned)
                         .map(|r| r.undo)
                 }
             };
-            let Some(undo) = victim else { break };
+            let Some(undo) = victim else {
+                if self.pinned_from().is_some() {
+                    tracing::warn!(group = %self.name(), journal_bytes = self.journal_bytes(), cap,
+                        "target: journal over its cap: an export, test failover or failover holds its point");
+                }
+                break;
+            };
             self.release_undo(undo);
             trimmed_before = self
                 .index

@@ -12,17 +12,23 @@
 //!
 //! Formats: docs/formats/journal.md. Design and costs: docs/ARCHITECTURE.md.
 
+mod export;
 mod group;
 mod index;
 mod intervals;
+mod overlay;
 mod point;
+mod recovery;
 mod replica;
 mod state;
 mod undo;
 mod uring;
 
-pub use group::{TargetGroup, TargetGroupStatus};
+pub use group::{PointPin, TargetGroup, TargetGroupStatus};
 pub use point::PointView;
+pub use recovery::{
+    ExportInfo, GroupRecoveryStatus, Purpose, Recovery, RecoveryOutcome, RecoveryStatus,
+};
 pub use state::{GroupState, ReplicaDisk};
 
 use crate::staging::StagingError;
@@ -86,6 +92,9 @@ pub enum TargetError {
     NotYet(String),
     #[error("{0}")]
     BadPoint(String),
+    /// The group takes no new batches (failed over or committed).
+    #[error("{0}")]
+    Held(String),
 }
 
 impl TargetError {
@@ -305,8 +314,13 @@ impl TargetRegistry {
         })
         .await
         .map_err(|_| TargetError::Corrupt("opening the group panicked".into()))?;
+        let opened = opened.and_then(|group| match group.held() {
+            Some(reason) => Err(TargetError::Held(reason)),
+            None => Ok(group),
+        });
         let mut problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
         match &opened {
+            Err(TargetError::Held(_)) => None,
             Ok(_) => problems.remove(&directory),
             Err(error) => problems.insert(directory, error.to_string()),
         };

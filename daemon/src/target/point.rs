@@ -8,6 +8,7 @@
 //! and the overlay always describe the same instant.
 
 use super::group::TargetGroup;
+use super::index::GroupIndex;
 use super::intervals::{IntervalMap, Source};
 use super::replica;
 use super::{TargetError, ZERO_DATA};
@@ -81,7 +82,36 @@ impl PointView {
                 self.size_bytes
             )));
         }
-        let index = self.group.index.read().unwrap_or_else(|p| p.into_inner());
+        // Held through the read: the applier writes the replicas under it.
+        let group = self.group.clone();
+        let index = group.index.read().unwrap_or_else(|p| p.into_inner());
+        self.catch_up(&index)?;
+        let file = self.group.replica(self.disk)?;
+        for piece in self.overlay.lookup(offset, end) {
+            let slice = &mut buffer[(piece.start - offset) as usize..(piece.end - offset) as usize];
+            match piece.source {
+                None => replica::read_exact_or_zero(&file, slice, piece.start)
+                    .map_err(|e| TargetError::io(&self.group.directory, e))?,
+                Some(source) if source.at == u64::MAX => slice.fill(0),
+                Some(source) => {
+                    let blob = self.group.blob(source.id)?;
+                    let start = source.position_of(piece.start) as usize;
+                    let data = blob.data.get(start..start + slice.len()).ok_or_else(|| {
+                        TargetError::Corrupt(format!(
+                            "undo record {} shorter than its index",
+                            source.id
+                        ))
+                    })?;
+                    slice.copy_from_slice(data);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the index entries the applier made since the last call, so the
+    /// overlay and the replica describe the same instant.
+    fn catch_up(&mut self, index: &GroupIndex) -> Result<(), TargetError> {
         if self.sequence < index.recoverable_from {
             return Err(TargetError::Expired(format!(
                 "sequence {} left the retention window while being read",
@@ -113,27 +143,22 @@ impl PointView {
             }
             self.consumed = list.end();
         }
-        let file = self.group.replica(self.disk)?;
-        for piece in self.overlay.lookup(offset, end) {
-            let slice = &mut buffer[(piece.start - offset) as usize..(piece.end - offset) as usize];
-            match piece.source {
-                None => replica::read_exact_or_zero(&file, slice, piece.start)
-                    .map_err(|e| TargetError::io(&self.group.directory, e))?,
-                Some(source) if source.at == u64::MAX => slice.fill(0),
-                Some(source) => {
-                    let blob = self.group.blob(source.id)?;
-                    let start = source.position_of(piece.start) as usize;
-                    let data = blob.data.get(start..start + slice.len()).ok_or_else(|| {
-                        TargetError::Corrupt(format!(
-                            "undo record {} shorter than its index",
-                            source.id
-                        ))
-                    })?;
-                    slice.copy_from_slice(data);
-                }
+        Ok(())
+    }
+
+    /// The byte ranges where the disk at the point differs from the
+    /// replica now (where some later write changed it).
+    pub fn changed_ranges(&mut self) -> Result<Vec<(u64, u64)>, TargetError> {
+        let group = self.group.clone();
+        self.catch_up(&group.index.read().unwrap_or_else(|p| p.into_inner()))?;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (start, end, _) in self.overlay.ranges() {
+            match ranges.last_mut() {
+                Some((_, last_end)) if *last_end == start => *last_end = end,
+                _ => ranges.push((start, end)),
             }
         }
-        Ok(())
+        Ok(ranges)
     }
 
     /// Ranges of the overlay (for figures).

@@ -25,6 +25,8 @@ pub struct Daemon {
     extra_env: Vec<(String, String)>,
     /// Config text appended after the generated tables.
     pub extra_sections: String,
+    /// Port of the recovery NBD listener.
+    pub nbd_port: u16,
 }
 
 /// A port free at the moment of asking (the daemon binds it right after).
@@ -54,6 +56,7 @@ impl Daemon {
             child: None,
             extra_env: Vec::new(),
             extra_sections: sections.to_string(),
+            nbd_port: free_port(),
         };
         daemon.write_config("", 200, 2000);
         daemon.spawn();
@@ -77,6 +80,7 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             extra_sections: String::new(),
+            nbd_port: free_port(),
         };
         daemon.write_config(replication_extra, 200, 2000);
         daemon.spawn();
@@ -92,8 +96,10 @@ impl Daemon {
              connect_retry_ms_max = 1000\n{replication_extra}\n\n\
              [control]\nsocket = \"{socket}\"\n\n\
              [volumes]\ncache = \"{root}/cache\"\nretention = \"{root}/retention\"\n\n\
+             [recovery]\naddress = \"127.0.0.1\"\nport = {nbd_port}\n\n\
              [log]\nlevel = \"debug\"\n\n{extra}\n",
             extra = self.extra_sections,
+            nbd_port = self.nbd_port,
             name = self.name,
             port = self.port,
             socket = self.socket.display(),

@@ -3,6 +3,7 @@
 
   pit.py rounds --uri-a URI --uri-b URI --size BYTES --rounds N
                 --round-bytes BYTES --drgw BIN --socket SOCK --group G
+                [--start-round K]
       Round i writes --round-bytes of pseudo-random data to disk A and then
       to disk B (1 MiB writes at pseudo-random 4 KiB-aligned offsets), waits
       for every write to be acknowledged, then takes bookmark "round-i"
@@ -39,8 +40,13 @@ def connect(uri):
 def rounds(args):
     a, b = connect(args.uri_a), connect(args.uri_b)
     images = [bytearray(args.size), bytearray(args.size)]
-    rng = random.Random(args.seed)
-    for round_number in range(args.rounds):
+    if args.start_round:
+        # A later run: the disks hold the earlier rounds already.
+        for handle, image in ((a, images[0]), (b, images[1])):
+            for offset in range(0, args.size, CHUNK):
+                image[offset:offset + CHUNK] = handle.pread(min(CHUNK, args.size - offset), offset)
+    rng = random.Random(args.seed + args.start_round)
+    for round_number in range(args.start_round, args.start_round + args.rounds):
         for handle, image in ((a, images[0]), (b, images[1])):
             written = 0
             while written < args.round_bytes:
@@ -88,6 +94,8 @@ def main():
     r.add_argument("--rounds", type=int, required=True)
     r.add_argument("--round-bytes", type=int, required=True)
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--start-round", type=int, default=0,
+                   help="number the rounds from here; > 0 reads the disks first")
     r.add_argument("--drgw", required=True)
     r.add_argument("--socket", required=True)
     r.add_argument("--group", required=True)

@@ -1,0 +1,380 @@
+//! [`PointDisk`]: a disk of a target group at a recovery point, as an NBD
+//! backend. Reads come from a [`PointView`] (the replica, plus the undo of
+//! what changed after the point); a writable one puts writes in an
+//! [`Overlay`] and reads them back from it. Nothing here writes the replica
+//! or the journal, until a failover commit turns the disk into the replica
+//! itself ([`PointDisk::become_replica`]).
+
+use super::overlay::{Overlay, Piece};
+use super::{PointPin, PointView, TargetError, TargetGroup};
+use crate::nbd::{BlockBackend, BoxFuture, FileBackend};
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+pub struct PointDisk {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    size_bytes: u64,
+    writable: bool,
+    mode: RwLock<Mode>,
+}
+
+enum Mode {
+    Point {
+        view: Box<Mutex<PointView>>,
+        overlay: Option<Overlay>,
+        _pin: PointPin,
+    },
+    /// After a commit: the replica is the disk.
+    Replica(FileBackend),
+    /// Ended (`drgw test-failover --cleanup`, an export removed).
+    Closed,
+}
+
+fn to_io(error: TargetError) -> io::Error {
+    io::Error::other(error.to_string())
+}
+
+impl PointDisk {
+    /// `disk` of `group` at `sequence`; `overlay` makes it writable.
+    pub async fn open(
+        group: Arc<TargetGroup>,
+        disk: u32,
+        sequence: u64,
+        overlay: Option<Overlay>,
+    ) -> Result<PointDisk, TargetError> {
+        let pin = group.pin(sequence);
+        let view = PointView::open(group, disk, sequence).await?;
+        Ok(PointDisk {
+            inner: Arc::new(Inner {
+                size_bytes: view.size_bytes,
+                writable: overlay.is_some(),
+                mode: RwLock::new(Mode::Point {
+                    view: Box::new(Mutex::new(view)),
+                    overlay,
+                    _pin: pin,
+                }),
+            }),
+        })
+    }
+
+    /// The replica itself (a committed failover after a restart).
+    pub fn replica(path: &Path) -> io::Result<PointDisk> {
+        let backend = FileBackend::open(path, false)?;
+        Ok(PointDisk {
+            inner: Arc::new(Inner {
+                size_bytes: backend.size_bytes(),
+                writable: true,
+                mode: RwLock::new(Mode::Replica(backend)),
+            }),
+        })
+    }
+
+    pub fn backend(&self) -> Arc<dyn BlockBackend> {
+        Arc::new(PointDisk {
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Another handle on the same disk.
+    pub fn backend_handle(&self) -> PointDisk {
+        PointDisk {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Makes the overlay's completed writes durable.
+    pub fn flush_overlay(&self) -> io::Result<()> {
+        match &*self.inner.read_mode() {
+            Mode::Point {
+                overlay: Some(overlay),
+                ..
+            } => overlay.flush(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes written to the overlay.
+    pub fn overlay_bytes(&self) -> u64 {
+        match &*self.inner.read_mode() {
+            Mode::Point {
+                overlay: Some(overlay),
+                ..
+            } => overlay.bytes(),
+            _ => 0,
+        }
+    }
+
+    /// Ends the disk: later requests fail; returns the overlay, if any, for
+    /// the caller to discard.
+    pub fn close(&self) -> Option<Overlay> {
+        let mut mode = self.inner.mode.write().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *mode, Mode::Closed) {
+            Mode::Point { overlay, .. } => overlay,
+            _ => None,
+        }
+    }
+
+    /// Failover commit: writes the point, then the overlay, into the
+    /// replica `file` (at `path`), and from then on serves the replica
+    /// itself. Blocking; requests wait meanwhile. Idempotent. Returns the
+    /// overlay, for the caller to discard once the commit is recorded.
+    pub fn become_replica(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+    ) -> Result<Option<Overlay>, TargetError> {
+        let mut mode = self.inner.mode.write().unwrap_or_else(|p| p.into_inner());
+        let io_error = |e: io::Error| TargetError::io(path, e);
+        match &*mode {
+            Mode::Point { overlay, view, .. } => {
+                let mut view = view.lock().unwrap_or_else(|p| p.into_inner());
+                roll_replica_to(&mut view, file, path)?;
+                if let Some(overlay) = overlay {
+                    copy_overlay(overlay, file).map_err(io_error)?;
+                }
+                file.sync_all().map_err(io_error)?;
+            }
+            Mode::Replica(_) => {}
+            Mode::Closed => return Err(TargetError::Protocol("the export was closed".into())),
+        }
+        let backend = FileBackend::open(path, false).map_err(io_error)?;
+        Ok(
+            match std::mem::replace(&mut *mode, Mode::Replica(backend)) {
+                Mode::Point { overlay, .. } => overlay,
+                _ => None,
+            },
+        )
+    }
+}
+
+/// Writes the disk's bytes at the view's point into the replica wherever a
+/// later write changed them. Idempotent (the bytes come from the undo log,
+/// not the replica), so a commit interrupted by a crash is simply redone.
+pub fn roll_replica_to(
+    view: &mut PointView,
+    file: &std::fs::File,
+    path: &Path,
+) -> Result<u64, TargetError> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 8 << 20;
+    let mut buffer = Vec::new();
+    let mut bytes = 0;
+    for (start, end) in view.changed_ranges()? {
+        let mut at = start;
+        while at < end {
+            let length = (end - at).min(CHUNK);
+            buffer.resize(length as usize, 0);
+            view.read_at(&mut buffer, at)?;
+            file.write_all_at(&buffer, at)
+                .map_err(|e| TargetError::io(path, e))?;
+            at += length;
+            bytes += length;
+        }
+    }
+    Ok(bytes)
+}
+
+/// Copies the blocks an overlay holds into `file` at their offsets.
+fn copy_overlay(overlay: &Overlay, file: &std::fs::File) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 8 << 20;
+    let mut buffer = Vec::new();
+    let mut bytes = 0;
+    for (start, length) in overlay.held_ranges() {
+        let end = start + length;
+        let mut at = start;
+        while at < end {
+            let piece = (end - at).min(CHUNK);
+            buffer.resize(piece as usize, 0);
+            overlay.read_at(&mut buffer, at)?;
+            file.write_all_at(&buffer, at)?;
+            at += piece;
+            bytes += piece;
+        }
+    }
+    Ok(bytes)
+}
+
+impl Inner {
+    fn read_mode(&self) -> std::sync::RwLockReadGuard<'_, Mode> {
+        self.mode.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn closed() -> io::Error {
+        io::Error::new(io::ErrorKind::NotConnected, "the export was ended")
+    }
+
+    /// The replica backend once committed (requests go straight to it).
+    fn replica(&self) -> Option<FileBackend> {
+        match &*self.read_mode() {
+            Mode::Replica(backend) => Some(backend.clone()),
+            _ => None,
+        }
+    }
+
+    fn read(&self, offset: u64, length: u32) -> io::Result<Vec<u8>> {
+        let mut buffer = vec![0u8; length as usize];
+        let end = offset + u64::from(length);
+        let mode = self.read_mode();
+        let Mode::Point { view, overlay, .. } = &*mode else {
+            return Err(Self::closed());
+        };
+        let pieces = match overlay {
+            Some(overlay) => overlay.pieces(offset, end),
+            None => vec![Piece::Point { start: offset, end }],
+        };
+        for piece in pieces {
+            let (start, stop, held) = match piece {
+                Piece::Overlay { start, end } => (start, end, true),
+                Piece::Point { start, end } => (start, end, false),
+            };
+            let slice = &mut buffer[(start - offset) as usize..(stop - offset) as usize];
+            if held {
+                overlay.as_ref().expect("held").read_at(slice, start)?;
+            } else {
+                view.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read_at(slice, start)
+                    .map_err(to_io)?;
+            }
+        }
+        Ok(buffer)
+    }
+
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        let mode = self.read_mode();
+        let Mode::Point {
+            view,
+            overlay: Some(overlay),
+            ..
+        } = &*mode
+        else {
+            return Err(Self::closed());
+        };
+        let mut point = |buffer: &mut [u8], at: u64| {
+            view.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .read_at(buffer, at)
+                .map_err(to_io)
+        };
+        overlay.write(offset, data, &mut point)?;
+        if fua {
+            overlay.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        match &*self.read_mode() {
+            Mode::Point {
+                overlay: Some(overlay),
+                ..
+            } => overlay.flush(),
+            Mode::Point { .. } => Ok(()),
+            _ => Err(Self::closed()),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|_| io::Error::other("export worker panicked"))?
+}
+
+/// Zeroes are written in pieces of this size.
+const ZERO_CHUNK: u64 = 1 << 20;
+
+impl BlockBackend for PointDisk {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes
+    }
+
+    fn read_only(&self) -> bool {
+        !self.inner.writable
+    }
+
+    fn can_trim(&self) -> bool {
+        false
+    }
+
+    fn can_write_zeroes(&self) -> bool {
+        self.inner.writable
+    }
+
+    fn can_multi_conn(&self) -> bool {
+        // Writes are visible to every connection once replied, and FLUSH
+        // covers the whole overlay (or the replica).
+        true
+    }
+
+    fn read(&self, offset: u64, length: u32) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if let Some(replica) = inner.replica() {
+                return replica.read(offset, length).await;
+            }
+            blocking(move || inner.read(offset, length)).await
+        })
+    }
+
+    fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> BoxFuture<'_, io::Result<()>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if let Some(replica) = inner.replica() {
+                return replica.write(offset, data, fua).await;
+            }
+            blocking(move || inner.write(offset, &data, fua)).await
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, io::Result<()>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if let Some(replica) = inner.replica() {
+                return replica.flush().await;
+            }
+            blocking(move || inner.flush()).await
+        })
+    }
+
+    fn trim(&self, _offset: u64, _length: u32, _fua: bool) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        length: u32,
+        fua: bool,
+        may_trim: bool,
+    ) -> BoxFuture<'_, io::Result<()>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if let Some(replica) = inner.replica() {
+                return replica.write_zeroes(offset, length, fua, may_trim).await;
+            }
+            blocking(move || {
+                let end = offset + u64::from(length);
+                let mut at = offset;
+                let zeroes = vec![0u8; ZERO_CHUNK.min(u64::from(length)) as usize];
+                while at < end {
+                    let piece = (end - at).min(ZERO_CHUNK) as usize;
+                    inner.write(at, &zeroes[..piece], false)?;
+                    at += piece as u64;
+                }
+                if fua {
+                    inner.flush()?;
+                }
+                Ok(())
+            })
+            .await
+        })
+    }
+}
