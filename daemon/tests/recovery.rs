@@ -137,6 +137,37 @@ fn exports_and_a_test_failover_leave_replicas_and_journal_untouched() {
     let references = rounds(&pair, &tap, 0, 3);
     let scratch = tempfile::tempdir().unwrap();
 
+    // Bad requests are refused with the reason, and change nothing.
+    for (args, needle) in [
+        (&["export", "nosuch", "--point", "latest"][..], "no group"),
+        (
+            &["export", "group-1", "--point", "bookmark:nope"][..],
+            "nope",
+        ),
+        (
+            &["export", "group-1", "--point", "latest", "--disk", "disk-z"][..],
+            "disk-z",
+        ),
+        (&["commit", "group-1"][..], "not failed over"),
+        (
+            &["test-failover", "group-1", "--cleanup"][..],
+            "no test failover",
+        ),
+        (&["failover", "group-1", "--cancel"][..], "not failed over"),
+        (&["unexport", "nosuch"][..], "no export"),
+    ] {
+        let output = pair.target.cli(args);
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {text}");
+        assert!(text.contains(needle), "{args:?}: {text}");
+    }
+    let usage = pair.target.cli(&["test-failover", "group-1"]);
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "a point or --cleanup is required"
+    );
+
     // A read-only export of each bookmark serves exactly what the disks held.
     for reference in &references {
         let point = format!("bookmark:{}", reference["bookmark"].as_str().unwrap());
@@ -383,4 +414,22 @@ fn failover_cancel_and_commit_survive_a_kill() {
     pair.target.spawn();
     qemu_io(&a, "read -P 0x43 0 4k");
     qemu_io(&a, "read -P 0x42 4M 3M");
+}
+
+#[test]
+fn a_taken_recovery_port_is_reported_and_replication_goes_on() {
+    let mut daemon = common::Daemon::start("target");
+    daemon.terminate();
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", daemon.nbd_port)).unwrap();
+    daemon.spawn();
+    let status = daemon.status();
+    let problem = status["recovery"]["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("cannot listen"), "{status:#}");
+    let output = daemon.cli(&["export", "group-1", "--point", "latest"]);
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text.contains("recovery exports cannot be served") && text.contains("[recovery]"),
+        "{text}"
+    );
 }
