@@ -23,6 +23,7 @@ mod uring;
 
 pub use group::{TargetGroup, TargetGroupStatus};
 pub use point::PointView;
+pub use replica::discard;
 pub use state::{GroupState, ReplicaDisk};
 
 use crate::staging::StagingError;

@@ -81,7 +81,35 @@ impl PointView {
                 self.size_bytes
             )));
         }
-        let index = self.group.index.read().unwrap_or_else(|p| p.into_inner());
+        let group = self.group.clone();
+        let index = group.index.read().unwrap_or_else(|p| p.into_inner());
+        self.catch_up(&index)?;
+        let file = self.group.replica(self.disk)?;
+        for piece in self.overlay.lookup(offset, end) {
+            let slice = &mut buffer[(piece.start - offset) as usize..(piece.end - offset) as usize];
+            match piece.source {
+                None => replica::read_exact_or_zero(&file, slice, piece.start)
+                    .map_err(|e| TargetError::io(&self.group.directory, e))?,
+                Some(source) if source.at == u64::MAX => slice.fill(0),
+                Some(source) => {
+                    let blob = self.group.blob(source.id)?;
+                    let start = source.position_of(piece.start) as usize;
+                    let data = blob.data.get(start..start + slice.len()).ok_or_else(|| {
+                        TargetError::Corrupt(format!(
+                            "undo record {} shorter than its index",
+                            source.id
+                        ))
+                    })?;
+                    slice.copy_from_slice(data);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to the overlay the index entries added since the last call.
+    /// Called with the index lock held, so the replica does not move meanwhile.
+    fn catch_up(&mut self, index: &super::index::GroupIndex) -> Result<(), TargetError> {
         if self.sequence < index.recoverable_from {
             return Err(TargetError::Expired(format!(
                 "sequence {} left the retention window while being read",
@@ -113,27 +141,38 @@ impl PointView {
             }
             self.consumed = list.end();
         }
+        Ok(())
+    }
+
+    /// The parts of `offset..end` that may hold non-zero bytes at the point,
+    /// in order; everything else reads as zero (a hole of the replica that no
+    /// write since changed, or a hole the undo recorded). Lets a copy skip
+    /// holes without reading them.
+    pub fn data_ranges(&mut self, offset: u64, end: u64) -> Result<Vec<(u64, u64)>, TargetError> {
+        let end = end.min(self.size_bytes);
+        let group = self.group.clone();
+        let index = group.index.read().unwrap_or_else(|p| p.into_inner());
+        self.catch_up(&index)?;
         let file = self.group.replica(self.disk)?;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut push = |start: u64, stop: u64| match ranges.last_mut() {
+            Some(last) if last.1 == start => last.1 = stop,
+            _ => ranges.push((start, stop)),
+        };
         for piece in self.overlay.lookup(offset, end) {
-            let slice = &mut buffer[(piece.start - offset) as usize..(piece.end - offset) as usize];
             match piece.source {
-                None => replica::read_exact_or_zero(&file, slice, piece.start)
-                    .map_err(|e| TargetError::io(&self.group.directory, e))?,
-                Some(source) if source.at == u64::MAX => slice.fill(0),
-                Some(source) => {
-                    let blob = self.group.blob(source.id)?;
-                    let start = source.position_of(piece.start) as usize;
-                    let data = blob.data.get(start..start + slice.len()).ok_or_else(|| {
-                        TargetError::Corrupt(format!(
-                            "undo record {} shorter than its index",
-                            source.id
-                        ))
-                    })?;
-                    slice.copy_from_slice(data);
+                None => {
+                    let extents = replica::data_extents(&file, piece.start, piece.end)
+                        .map_err(|e| TargetError::io(&self.group.directory, e))?;
+                    for (start, stop) in extents {
+                        push(start, stop);
+                    }
                 }
+                Some(source) if source.at == u64::MAX => {}
+                Some(_) => push(piece.start, piece.end),
             }
         }
-        Ok(())
+        Ok(ranges)
     }
 
     /// Ranges of the overlay (for figures).
