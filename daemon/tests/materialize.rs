@@ -288,6 +288,31 @@ fn cancelled_and_killed_materializes_resume_to_identical_images() {
     pair.target.set_env(DELAY_ENV, "250");
     pair.target.spawn();
 
+    // Ctrl-C of the CLI cancels the job and says how to go on.
+    let interrupted = work.path().join("interrupted.raw");
+    let child = Command::new(BINARY)
+        .arg("--socket")
+        .arg(&pair.target.socket)
+        .args(materialize_args(&point, &interrupted, &[]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cancelled") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert!(Path::new(&format!("{}.drgw-materialize", interrupted.display())).exists());
+
     // Cancelled: the job says so, the sidecar stays, and resume finishes it.
     let cut = work.path().join("cut.qcow2");
     let id = start_job(&pair, &point, &cut, false);

@@ -98,6 +98,7 @@ impl Display {
             Display::Plain { last } => {
                 if last.is_some_and(|at| at.elapsed() < PLAIN_EVERY)
                     || report.state != JobState::Running
+                    || report.total_bytes == 0
                 {
                     return;
                 }

@@ -148,26 +148,9 @@ impl JobRegistry {
     where
         F: FnOnce(&JobContext) -> Result<serde_json::Value, String> + Send + 'static,
     {
-        if self.shutdown.is_cancelled() {
-            return Err("the daemon is shutting down".into());
-        }
+        self.check_room(subject)?;
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         prune(&mut jobs);
-        let running: Vec<&Arc<Job>> = jobs
-            .values()
-            .filter(|j| j.finished_at().is_none())
-            .collect();
-        if let Some(same) = running.iter().find(|j| j.subject == subject) {
-            return Err(format!(
-                "job {} is already writing {subject}; wait for it or cancel it",
-                same.id
-            ));
-        }
-        if running.len() >= RUNNING_MAX {
-            return Err(format!(
-                "{RUNNING_MAX} jobs are running already; wait for one to finish"
-            ));
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let job = Arc::new(Job {
             id,
@@ -199,12 +182,29 @@ impl JobRegistry {
         Ok(id)
     }
 
-    /// The running job working on `subject`, if any.
-    pub fn busy(&self, subject: &str) -> Option<u64> {
+    /// Whether a job on `subject` could start now (checked before a job
+    /// prepares its output, so a refusal leaves nothing behind).
+    pub fn check_room(&self, subject: &str) -> Result<(), String> {
+        if self.shutdown.is_cancelled() {
+            return Err("the daemon is shutting down".into());
+        }
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.values()
-            .find(|j| j.subject == subject && j.finished_at().is_none())
-            .map(|j| j.id)
+        let running: Vec<&Arc<Job>> = jobs
+            .values()
+            .filter(|j| j.finished_at().is_none())
+            .collect();
+        if let Some(same) = running.iter().find(|j| j.subject == subject) {
+            return Err(format!(
+                "job {} is already writing {subject}; wait for it or cancel it",
+                same.id
+            ));
+        }
+        if running.len() >= RUNNING_MAX {
+            return Err(format!(
+                "{RUNNING_MAX} jobs are running already; wait for one to finish"
+            ));
+        }
+        Ok(())
     }
 
     pub fn report(&self, id: u64) -> Result<JobReport, String> {

@@ -114,12 +114,7 @@ fn prepare(appliance: &Appliance, request: &MaterializeRequest) -> Result<Plan, 
     if out.is_dir() {
         return Err(format!("{} is a directory", out.display()));
     }
-    if let Some(job) = appliance.jobs.busy(&out.display().to_string()) {
-        return Err(format!(
-            "job {job} is writing {} now; wait for it or cancel it",
-            out.display()
-        ));
-    }
+    appliance.jobs.check_room(&out.display().to_string())?;
     let target = appliance
         .targets
         .find(&request.group)
