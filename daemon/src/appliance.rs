@@ -67,6 +67,8 @@ pub struct Appliance {
     pub settings: watch::Sender<Settings>,
     /// Bumped whenever the pinned set changes, so dialers follow it.
     pub pins_version: watch::Sender<u64>,
+    /// Long control operations (materialize) running or recently finished.
+    pub jobs: crate::control::JobRegistry,
 }
 
 impl Appliance {

@@ -181,6 +181,9 @@ fn crash_consistent_points_keep_the_order_across_disks() {
             "sequence {cut}: {on_a} blocks on disk-a, {on_b} on disk-b"
         );
         seen_partial |= on_a > 0 && on_a < blocks;
+        // An existing output is refused without --force.
+        fs::remove_file(&a).unwrap();
+        fs::remove_file(&b).unwrap();
     }
     assert!(seen_partial, "no cut fell inside the workload");
     let key = pair.target.state_dir().join("staging.key");

@@ -72,17 +72,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             point,
             disk,
             out,
+            format,
+            resume,
+            force,
             json,
         } => {
             let out = std::path::absolute(&out)
                 .with_context(|| format!("resolving {}", out.display()))?;
-            let request = Request::Materialize {
+            let format = match format.as_str() {
+                "qcow2" => control::materialize::ImageFormat::Qcow2,
+                _ => control::materialize::ImageFormat::Raw,
+            };
+            let request = Request::MaterializeStart {
                 group,
                 point,
                 disk,
                 out: out.display().to_string(),
+                format,
+                resume,
+                force,
             };
-            let value = call(&cli.global, request)?;
+            let value = super::materialize::run(&socket_path(&cli.global)?, request)?;
             emit(json, &value, || print::materialized(&value))
         }
         Command::Export {

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage.
 
 mod commands;
+mod materialize;
 mod print;
 
 use clap::{Args, Parser, Subcommand};
@@ -97,7 +98,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a disk as it was at a recovery point to a raw image file (sparse)
+    /// Write a disk as it was at a recovery point to an image file (raw or qcow2, sparse)
+    #[command(
+        after_help = "Progress is shown on stderr. Ctrl-C cancels the job: the image stays incomplete \
+                      beside its sidecar OUT.drgw-materialize, and --resume continues it. VMDK: \
+                      materialize to qcow2 or raw, then `qemu-img convert -O vmdk OUT OUT.vmdk`."
+    )]
     Materialize {
         group: String,
         /// latest, latest-app, seq:N, bookmark:NAME, @UNIX_SECONDS or YYYY-MM-DDTHH:MM:SSZ
@@ -106,9 +112,18 @@ pub enum Command {
         /// The disk's name
         #[arg(long)]
         disk: String,
-        /// The image to write (replaced if it exists)
+        /// The image to write (an existing file is refused without --force or --resume)
         #[arg(long)]
         out: PathBuf,
+        /// Image format
+        #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
+        format: String,
+        /// Continue an interrupted materialize of the same point, disk and format
+        #[arg(long)]
+        resume: bool,
+        /// Replace an existing output
+        #[arg(long)]
+        force: bool,
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,

@@ -360,16 +360,23 @@ pub fn points(value: &serde_json::Value) {
 pub fn materialized(value: &serde_json::Value) {
     let seconds = value["seconds"].as_f64().unwrap_or(0.0);
     let size = value["size_bytes"].as_u64().unwrap_or(0);
+    let resumed = value["resumed_from_bytes"].as_u64().unwrap_or(0);
     println!(
-        "{} of {} at sequence {} ({}) written to {}: {} in {:.1} s ({}/s)",
+        "{} of {} at sequence {} ({}) written to {} ({}): {} ({} of data) in {:.1} s ({}/s){}",
         value["disk"].as_str().unwrap_or_default(),
         value["group"].as_str().unwrap_or_default(),
         value["point"]["sequence"],
         crate::target::format_utc(value["point"]["unix_ms"].as_u64().unwrap_or(0)),
         value["out"].as_str().unwrap_or_default(),
+        value["format"].as_str().unwrap_or("raw"),
         bytes(size),
+        bytes(value["data_bytes"].as_u64().unwrap_or(0)),
         seconds,
-        bytes((size as f64 / seconds.max(1e-9)) as u64),
+        bytes(((size - resumed.min(size)) as f64 / seconds.max(1e-9)) as u64),
+        match resumed {
+            0 => String::new(),
+            from => format!(", resumed at {}", bytes(from)),
+        },
     );
 }
 

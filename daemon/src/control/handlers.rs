@@ -1,3 +1,4 @@
+use super::materialize::{self, MaterializeRequest};
 use super::protocol::{PairInfo, Request};
 use crate::appliance::Appliance;
 use crate::catalog::ProtectedDisk;
@@ -39,7 +40,43 @@ pub async fn handle(
             point,
             disk,
             out,
-        } => super::recovery::materialize(&appliance, &group, &point, &disk, &out).map(to_value)?,
+            format,
+            resume,
+            force,
+        } => {
+            let request = MaterializeRequest {
+                group,
+                point,
+                disk,
+                out,
+                format,
+                resume,
+                force,
+            };
+            materialize::blocking(&appliance, request)
+        }
+        Request::MaterializeStart {
+            group,
+            point,
+            disk,
+            out,
+            format,
+            resume,
+            force,
+        } => {
+            let request = MaterializeRequest {
+                group,
+                point,
+                disk,
+                out,
+                format,
+                resume,
+                force,
+            };
+            materialize::start(&appliance, request).map(|job| serde_json::json!({ "job": job }))
+        }
+        Request::Job { id } => appliance.jobs.report(id).map(to_value)?,
+        Request::JobCancel { id } => appliance.jobs.cancel(id).map(to_value)?,
         Request::Events => to_value(crate::target::recent_events()),
         Request::Exports => to_value(appliance.recovery.list()),
         Request::Recovery { group } => {

@@ -5,10 +5,13 @@
 
 mod client;
 mod handlers;
+pub mod jobs;
+pub mod materialize;
 mod protocol;
 mod recovery;
 mod server;
 
 pub use client::{request, ClientError};
+pub use jobs::{JobRegistry, JobReport, JobState};
 pub use protocol::{PairInfo, Request, Response, PROTOCOL_VERSION, REQUEST_BYTES_MAX};
 pub use server::{bind, run_control, ControlError};

@@ -1,3 +1,4 @@
+use super::materialize::ImageFormat;
 use crate::tls::{Fingerprint, PeerKind};
 
 /// Version of the control protocol; a request with another is refused.
@@ -43,12 +44,41 @@ pub enum Request {
         group: String,
         name: String,
     },
-    /// Write a disk as it was at a point to an image file (raw, sparse).
+    /// Write a disk as it was at a point to an image file; answers when
+    /// the image is complete (the job of `materialize-start`, waited for).
     Materialize {
         group: String,
         point: String,
         disk: String,
         out: String,
+        #[serde(default)]
+        format: ImageFormat,
+        #[serde(default)]
+        resume: bool,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Start writing a disk as it was at a point to an image file; answers
+    /// `{job}` at once (follow it with `job`).
+    MaterializeStart {
+        group: String,
+        point: String,
+        disk: String,
+        out: String,
+        #[serde(default)]
+        format: ImageFormat,
+        #[serde(default)]
+        resume: bool,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Progress of a job.
+    Job {
+        id: u64,
+    },
+    /// Stop a running job (materialize: the image stays resumable).
+    JobCancel {
+        id: u64,
     },
     /// Recent events (RPO crossings, retention trims).
     Events,

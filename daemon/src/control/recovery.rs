@@ -1,11 +1,8 @@
-//! Control requests about recovery points: list them, take a bookmark,
-//! write a point of a disk to an image. Run on a blocking thread.
+//! Control requests about recovery points: list them, take a bookmark.
+//! Run on a blocking thread. Writing a point to an image: materialize.rs.
 
 use crate::appliance::Appliance;
-use crate::target::{PointSpec, PointView, RecoveryPoint};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::time::Instant;
+use crate::target::RecoveryPoint;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PointList {
@@ -23,18 +20,6 @@ pub struct BookmarkTaken {
     pub name: String,
     pub sequence: u64,
     pub unix_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Materialized {
-    pub group: String,
-    pub disk: String,
-    pub point: RecoveryPoint,
-    pub out: String,
-    pub size_bytes: u64,
-    /// Bytes written (all-zero chunks are left as holes).
-    pub data_bytes: u64,
-    pub seconds: f64,
 }
 
 /// A group's recovery state with its transitions and drills.
@@ -143,67 +128,5 @@ pub fn bookmark(appliance: &Appliance, group: &str, name: &str) -> Result<Bookma
         name: name.to_string(),
         sequence,
         unix_ms,
-    })
-}
-
-/// Chunk of a materialize pass.
-const CHUNK_BYTES: usize = 4 << 20;
-
-pub fn materialize(
-    appliance: &Appliance,
-    group: &str,
-    point: &str,
-    disk: &str,
-    out: &str,
-) -> Result<Materialized, String> {
-    let target = appliance.targets.find(group).map_err(|e| e.to_string())?;
-    let spec = PointSpec::parse(point).map_err(|e| e.to_string())?;
-    let resolved = spec.resolve(&target.points()).map_err(|e| e.to_string())?;
-    let replica = target
-        .disks()
-        .into_iter()
-        .find(|d| d.name == disk)
-        .ok_or_else(|| format!("group {group} has no disk {disk}"))?;
-    let runtime = tokio::runtime::Handle::current();
-    let mut view = runtime
-        .block_on(PointView::open(
-            target.clone(),
-            replica.id,
-            resolved.sequence,
-        ))
-        .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(out)
-        .map_err(|e| format!("{out}: {e}"))?;
-    let mut buffer = vec![0u8; CHUNK_BYTES];
-    let mut data_bytes = 0u64;
-    let mut offset = 0u64;
-    while offset < replica.size_bytes {
-        let length = (replica.size_bytes - offset).min(CHUNK_BYTES as u64) as usize;
-        let chunk = &mut buffer[..length];
-        view.read_at(chunk, offset).map_err(|e| e.to_string())?;
-        if chunk.iter().any(|&b| b != 0) {
-            file.write_all_at(chunk, offset)
-                .map_err(|e| format!("{out}: {e}"))?;
-            data_bytes += length as u64;
-        }
-        offset += length as u64;
-    }
-    file.set_len(replica.size_bytes)
-        .map_err(|e| format!("{out}: {e}"))?;
-    file.flush().map_err(|e| format!("{out}: {e}"))?;
-    file.sync_all().map_err(|e| format!("{out}: {e}"))?;
-    Ok(Materialized {
-        group: target.name(),
-        disk: disk.to_string(),
-        point: resolved,
-        out: out.to_string(),
-        size_bytes: replica.size_bytes,
-        data_bytes,
-        seconds: started.elapsed().as_secs_f64(),
     })
 }

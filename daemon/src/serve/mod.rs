@@ -132,6 +132,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
     ));
     recovery.restore().await;
     crate::target::set_event_hook(config.events_command());
+    let tracker = TaskTracker::new();
     let appliance = Arc::new(Appliance {
         id,
         name: config.appliance.name.clone(),
@@ -151,8 +152,8 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         started_unix_s: clock::unix_seconds(),
         settings: watch::Sender::new(Settings::from_config(&config)),
         pins_version: watch::Sender::new(0),
+        jobs: crate::control::JobRegistry::new(cancel.child_token(), tracker.clone()),
     });
-    let tracker = TaskTracker::new();
     tracker.spawn(link::run_listener(
         listener,
         appliance.clone(),

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::StagingError;
 pub use record::body_payload_bytes;
 pub use recovery::{CorruptRecord, RecoveryReport};
+pub(crate) use ring::AlignedBuffer;
 
 use crypto::Sealer;
 use segment::SegmentHeader;

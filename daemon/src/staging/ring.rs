@@ -56,7 +56,13 @@ impl AlignedBuffer {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
     }
 
-    fn as_ptr(&self) -> *const u8 {
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for `capacity` initialised bytes owned by self;
+        // `&self` rules out a live `&mut` to them.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity) }
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
 }

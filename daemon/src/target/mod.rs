@@ -29,6 +29,7 @@ pub use point::PointView;
 pub use recovery::{
     ExportInfo, GroupRecoveryStatus, Purpose, Recovery, RecoveryOutcome, RecoveryStatus,
 };
+pub use replica::discard;
 pub use state::{GroupState, ReplicaDisk};
 
 use crate::staging::StagingError;

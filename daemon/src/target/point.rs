@@ -161,6 +161,37 @@ impl PointView {
         Ok(ranges)
     }
 
+    /// The parts of `offset..end` that may hold non-zero bytes at the point,
+    /// in order; everything else reads as zero (a hole of the replica that no
+    /// write since changed, or a hole the undo recorded). Lets a copy skip
+    /// holes without reading them.
+    pub fn data_ranges(&mut self, offset: u64, end: u64) -> Result<Vec<(u64, u64)>, TargetError> {
+        let end = end.min(self.size_bytes);
+        let group = self.group.clone();
+        let index = group.index.read().unwrap_or_else(|p| p.into_inner());
+        self.catch_up(&index)?;
+        let file = self.group.replica(self.disk)?;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut push = |start: u64, stop: u64| match ranges.last_mut() {
+            Some(last) if last.1 == start => last.1 = stop,
+            _ => ranges.push((start, stop)),
+        };
+        for piece in self.overlay.lookup(offset, end) {
+            match piece.source {
+                None => {
+                    let extents = replica::data_extents(&file, piece.start, piece.end)
+                        .map_err(|e| TargetError::io(&self.group.directory, e))?;
+                    for (start, stop) in extents {
+                        push(start, stop);
+                    }
+                }
+                Some(source) if source.at == u64::MAX => {}
+                Some(_) => push(piece.start, piece.end),
+            }
+        }
+        Ok(ranges)
+    }
+
     /// Ranges of the overlay (for figures).
     pub fn overlay_ranges(&self) -> usize {
         self.overlay.len()

@@ -41,6 +41,21 @@ pub fn read_spans(file: &File, offset: u64, length: u64, piece_max: u64) -> io::
     Ok(spans)
 }
 
+/// The data extents of `offset..end` (holes left out), in order.
+pub fn data_extents(file: &File, offset: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut extents = Vec::new();
+    let mut position = offset;
+    while position < end {
+        let (data_start, data_end) = next_data(file, position, end)?;
+        if data_start >= end {
+            break;
+        }
+        extents.push((data_start, data_end));
+        position = data_end.max(data_start + 1);
+    }
+    Ok(extents)
+}
+
 /// The first data extent at or after `position`, clipped to `end`; when none,
 /// `(end, end)`. Files systems without SEEK_DATA report everything as data.
 fn next_data(file: &File, position: u64, end: u64) -> io::Result<(u64, u64)> {

@@ -173,6 +173,11 @@ impl Daemon {
         }
     }
 
+    /// Sets an environment variable for the next `spawn`.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
