@@ -11,4 +11,5 @@ mod server;
 
 pub use client::{request, ClientError};
 pub use protocol::{PairInfo, Request, Response, PROTOCOL_VERSION, REQUEST_BYTES_MAX};
+pub use recovery::{BookmarkTaken, Materialized, PointList};
 pub use server::{bind, run_control, ControlError};
