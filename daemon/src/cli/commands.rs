@@ -18,8 +18,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::serve::run(&path)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { keep } => {
-            crate::demo::run(keep)?;
+        Command::Demo { keep, json } => {
+            crate::demo::run(crate::demo::Options { keep, json })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check { file, json }) => Ok(config_check(&file, json)),

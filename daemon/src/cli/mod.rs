@@ -42,11 +42,16 @@ pub struct GlobalOptions {
 pub enum Command {
     /// Run the appliance daemon (replication listener, links, control API)
     Serve,
-    /// Run the appliance end to end on this machine, with embedded defaults
+    /// Run the whole path on this machine, with embedded defaults: source
+    /// and target gateways and a tap on loopback, a workload, a bookmark,
+    /// and the recovered disks verified against what was written
     Demo {
         /// Keep the demo's directory (configs, state, logs) afterwards
         #[arg(long)]
         keep: bool,
+        /// Print the summary as JSON on stdout (progress goes to stderr)
+        #[arg(long)]
+        json: bool,
     },
     /// Check or print configuration files
     #[command(subcommand)]

@@ -14,4 +14,5 @@ mod server;
 pub use client::{request, ClientError};
 pub use jobs::{JobRegistry, JobReport, JobState};
 pub use protocol::{PairInfo, Request, Response, PROTOCOL_VERSION, REQUEST_BYTES_MAX};
+pub use recovery::{BookmarkTaken, Materialized, PointList};
 pub use server::{bind, run_control, ControlError};

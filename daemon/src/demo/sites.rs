@@ -1,26 +1,51 @@
 //! One demo appliance: a `drgw serve` child process with its own config,
 //! state, port and control socket under the demo's temporary directory.
+//! Both appliances get the same settings: roles are per group, so site-a
+//! is the source of the demo's group because the tap forwards to it, and
+//! site-b its target because site-a replicates to it.
 
+use super::process::ChildProcess;
 use crate::control::{self, PairInfo, Request};
+use crate::status::Status;
 use crate::tls::{self, Fingerprint, Identity, PeerKind};
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Recovery points every second (default 5 s), so a short demo has many.
+const POINT_INTERVAL_MS: u64 = 1000;
 
 pub struct Site {
     pub name: String,
     pub address: String,
     pub socket: PathBuf,
-    pub log_path: PathBuf,
     pub fingerprint: Fingerprint,
-    child: Option<Child>,
+    pub process: ChildProcess,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// The appliance's config: loopback, short heartbeats, a staging and a
+/// journal sized for a demo (segments of 32 and 16 MiB), points every second.
+fn config_text(directory: &Path, name: &str, port: u16, socket: &Path) -> String {
+    format!(
+        "[appliance]\nname = \"{name}\"\nstate_dir = \"{state}\"\n\n\
+         [replication]\naddress = \"127.0.0.1\"\nport = {port}\nheartbeat_interval_ms = 200\n\
+         peer_timeout_ms = 2000\nconnect_retry_ms_max = 1000\npoint_interval_ms = {POINT_INTERVAL_MS}\n\n\
+         [control]\nsocket = \"{socket}\"\n\n\
+         [volumes]\ncache = \"{cache}\"\nretention = \"{retention}\"\n\n\
+         [staging]\ncapacity_bytes = 1073741824\nsegment_bytes = 33554432\n\n\
+         [retention]\nsegment_bytes = 16777216\n\n\
+         [log]\nlevel = \"info\"\n",
+        state = directory.join("state").display(),
+        socket = socket.display(),
+        cache = directory.join("cache").display(),
+        retention = directory.join("retention").display(),
+    )
 }
 
 impl Site {
@@ -29,41 +54,38 @@ impl Site {
         std::fs::create_dir_all(&directory)?;
         let port = free_port()?;
         let socket = directory.join("control.sock");
-        let config = format!(
-            "[appliance]\nname = \"{name}\"\nstate_dir = \"{state}\"\n\n\
-             [replication]\naddress = \"127.0.0.1\"\nport = {port}\nheartbeat_interval_ms = 200\n\
-             peer_timeout_ms = 2000\nconnect_retry_ms_max = 1000\n\n\
-             [control]\nsocket = \"{socket}\"\n\n\
-             [volumes]\ncache = \"{cache}\"\nretention = \"{retention}\"\n",
-            state = directory.join("state").display(),
-            socket = socket.display(),
-            cache = directory.join("cache").display(),
-            retention = directory.join("retention").display(),
-        );
         let config_path = directory.join("drgw.toml");
-        std::fs::write(&config_path, config)?;
-        let log_path = directory.join("drgw.log");
-        let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting drgw serve")?;
+        std::fs::write(&config_path, config_text(&directory, name, port, &socket))?;
+        let process = ChildProcess::spawn(
+            &format!("gateway {name}"),
+            [
+                "serve".as_ref(),
+                "--config".as_ref(),
+                config_path.as_os_str(),
+            ],
+            &directory.join("drgw.log"),
+        )?;
         let mut site = Site {
             name: name.to_string(),
             address: format!("127.0.0.1:{port}"),
             socket,
-            log_path,
             fingerprint: Fingerprint::of_certificate(b""),
-            child: Some(child),
+            process,
         };
         site.fingerprint = site.wait_ready().await?.fingerprint;
         Ok(site)
+    }
+
+    /// Sends a control request; the error names this site.
+    pub async fn request(&self, request: Request) -> anyhow::Result<serde_json::Value> {
+        control::request(&self.socket, request)
+            .await
+            .with_context(|| format!("asking {}", self.name))
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        let value = self.request(Request::Status).await?;
+        serde_json::from_value(value).with_context(|| format!("reading {}'s status", self.name))
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<PairInfo> {
@@ -72,22 +94,12 @@ impl Site {
             if let Ok(value) = control::request(&self.socket, Request::PairShow).await {
                 return Ok(serde_json::from_value(value)?);
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
-                bail!(
-                    "{} exited at startup ({status}); see {}",
-                    self.name,
-                    self.log_path.display()
-                );
-            }
+            self.process.check_running()?;
             if Instant::now() > deadline {
                 bail!(
                     "{} did not start within 15 s; see {}",
                     self.name,
-                    self.log_path.display()
+                    self.process.log_path.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -101,8 +113,32 @@ impl Site {
             address: Some(other.address.clone()),
             fingerprint: other.fingerprint,
         };
-        control::request(&self.socket, request).await?;
+        self.request(request).await?;
         Ok(())
+    }
+
+    /// Waits until the link to `peer` is up and has carried two heartbeats.
+    pub async fn wait_for_link(&self, peer: &str) -> anyhow::Result<Status> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status().await?;
+            let up = status.peers.iter().any(|p| {
+                p.name == peer
+                    && p.link.state == crate::link::LinkState::Connected
+                    && p.link.heartbeats_received >= 2
+            });
+            if up {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} has no link to {peer} after 20 s; see {}",
+                    self.name,
+                    self.process.log_path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Connects with a certificate nobody pinned; returns the refusal reason
@@ -122,8 +158,7 @@ impl Site {
         let wanted = stranger.fingerprint().to_string();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let value = control::request(&self.socket, Request::Status).await?;
-            let status: crate::status::Status = serde_json::from_value(value)?;
+            let status = self.status().await?;
             if let Some(refusal) = status.refusals.iter().find(|r| r.reason.contains(&wanted)) {
                 return Ok(refusal.reason.clone());
             }
@@ -134,40 +169,6 @@ impl Site {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for exit 0.
-    pub fn stop(&mut self) -> anyhow::Result<Duration> {
-        let mut child = self.child.take().context("already stopped")?;
-        let started = Instant::now();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    bail!(
-                        "{} exited with {status}; see {}",
-                        self.name,
-                        self.log_path.display()
-                    );
-                }
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                bail!("{} did not exit within 10 s of SIGTERM", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

@@ -10,9 +10,12 @@
 //! - `transmission`: the request loop, concurrent requests, one writer.
 //! - [`BlockBackend`] / [`FileBackend`]: what an export reads and writes.
 //! - [`NbdServer`]: the listener serving a set of [`Export`]s.
+//! - [`client`]: a small client (one request at a time), to write and
+//!   read any export without external tools (`drgw demo`).
 
 mod aligned;
 mod backend;
+pub mod client;
 mod error;
 mod export;
 mod file_backend;
