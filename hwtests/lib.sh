@@ -21,10 +21,16 @@ fail() {
   exit 1
 }
 
-# write_config NAME ADDRESS PORT: a config for an appliance under $work/NAME
+# write_config NAME ADDRESS PORT [REPLICATION_EXTRA]: a config for an
+# appliance under $work/NAME; REPLICATION_EXTRA (e.g. "point_interval_ms =
+# 500") goes into [replication]. Its recovery NBD listener is on loopback at
+# a free port, kept in $work/NAME/recovery-port (never the default 10809,
+# which another appliance on this machine may hold). More sections may be
+# appended to the file.
 write_config() {
-  local name=$1 address=$2 port=$3 root="$work/$1"
+  local name=$1 address=$2 port=$3 extra=${4:-} root="$work/$1"
   mkdir -p "$root"
+  free_port >"$root/recovery-port"
   cat >"$root/drgw.toml" <<CONFIG
 [appliance]
 name = "$name"
@@ -35,11 +41,15 @@ port = $port
 heartbeat_interval_ms = 200
 peer_timeout_ms = 1000
 connect_retry_ms_max = 1000
+$extra
 [control]
 socket = "$root/control.sock"
 [volumes]
 cache = "$root/cache"
 retention = "$root/retention"
+[recovery]
+address = "127.0.0.1"
+port = $(cat "$root/recovery-port")
 [log]
 level = "debug"
 CONFIG
@@ -94,6 +104,20 @@ link_state() {
 }
 link_is() { [ "$(link_state "$1" "$2")" = "$3" ]; }
 link_is_not() { [ "$(link_state "$1" "$2")" != "$3" ]; }
+
+# replication_port NAME: the [replication] port of appliance NAME
+replication_port() { sed -n 's/^port = //p' "$work/$1/drgw.toml" | head -n 1; }
+
+# pair_gateways SOURCE TARGET: pins each appliance at the other on loopback
+# (by fingerprint), then waits until both see the link connected
+pair_gateways() {
+  drgw_cli "$1" pair add --name "$2" --address "127.0.0.1:$(replication_port "$2")" \
+    --fingerprint "$(fingerprint "$2")" >/dev/null || fail "pair $1 -> $2"
+  drgw_cli "$2" pair add --name "$1" --address "127.0.0.1:$(replication_port "$1")" \
+    --fingerprint "$(fingerprint "$1")" >/dev/null || fail "pair $2 -> $1"
+  wait_until 20 "link up on $1" link_is "$1" "$2" connected
+  wait_until 20 "link up on $2" link_is "$2" "$1" connected
+}
 
 # --- a source gateway with a tap on loopback (kill -9 tests) ---------------
 
@@ -167,7 +191,7 @@ write_tap_config() {
 name = "$name"
 state_dir = "$root/state"
 [gateway]
-address = "127.0.0.1:$(sed -n 's/^port = //p' "$work/$gateway/drgw.toml")"
+address = "127.0.0.1:$(replication_port "$gateway")"
 fingerprint = "$(fingerprint "$gateway")"
 [nbd]
 address = "127.0.0.1"

@@ -169,7 +169,7 @@ vm_write_mirror_tap_config() {
 name = "$name"
 state_dir = "$root/state"
 [gateway]
-address = "127.0.0.1:$(sed -n 's/^port = //p' "$work/$gateway/drgw.toml")"
+address = "127.0.0.1:$(replication_port "$gateway")"
 fingerprint = "$(fingerprint "$gateway")"
 [nbd]
 address = "127.0.0.1"
@@ -200,4 +200,23 @@ vm_sha() { sha256sum "$1" | cut -d' ' -f1; }
 # vm_range_sha FILE OFFSET_MB MB: sha256 of MB MiB of FILE from OFFSET_MB MiB
 vm_range_sha() {
   dd if="$1" bs=1M skip="$2" count="$3" 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+
+# vm_boot CONSOLE URI JOB OFFSET_MB MB: boots the guest (TCG, direct kernel
+# boot) with the NBD export URI as its virtio-blk disk, runs JOB (see
+# hwtests/vm/init) on the region, waits until it powers off (150 s at most)
+# and prints its DRGW- lines and how long it took.
+vm_boot() {
+  local console=$1 uri=$2 job=$3 offset_mb=$4 mb=$5 started=$SECONDS pid
+  qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nographic -no-reboot -nic none \
+    -kernel "$vm_vmlinuz" -initrd "$vm_initrd" \
+    -append "console=ttyS0 panic=-1 quiet drgw.job=$job drgw.offset_mb=$offset_mb drgw.mb=$mb" \
+    -drive "file=$uri,format=raw,if=virtio,cache=none" \
+    -serial "file:$console" -monitor none -display none 2>"$console.err" &
+  pid=$!
+  on_exit "kill -9 $pid 2>/dev/null"
+  vm_wait_console "$console" 150 "$pid"
+  wait "$pid" || fail "qemu exited with $? ($(cat "$console.err"))"
+  echo "guest ($job, $uri) done in $((SECONDS - started))s"
+  grep -a '^DRGW-' "$console" | tr -d '\r'
 }
