@@ -107,11 +107,16 @@ fn demo_runs_the_whole_path_and_verifies() {
     );
     assert_eq!(summary["points"]["bookmarks"], 1);
     for step in ["test_failover", "failover"] {
-        let outcome = summary[step]["outcome"].as_str().unwrap();
-        assert!(
-            outcome == "not-built" || outcome == "verified",
-            "{step}: {outcome}"
-        );
+        assert_eq!(summary[step]["outcome"], "verified", "{step}: {summary:#}");
+        let verdicts = summary[step]["verdicts"].as_array().unwrap();
+        assert_eq!(verdicts.len(), 2, "{step}: {summary:#}");
+        for verdict in verdicts {
+            assert_eq!(verdict["passed"], true, "{step}: {verdict:#}");
+            assert!(
+                verdict["read_from"].as_str().unwrap().starts_with("nbd://"),
+                "{verdict:#}"
+            );
+        }
     }
 
     // Progress went to stderr, step by step; the workspace is gone.

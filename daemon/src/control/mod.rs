@@ -13,6 +13,7 @@ mod server;
 
 pub use client::{request, ClientError};
 pub use jobs::{JobRegistry, JobReport, JobState};
+pub use materialize::Materialized;
 pub use protocol::{PairInfo, Request, Response, PROTOCOL_VERSION, REQUEST_BYTES_MAX};
-pub use recovery::{BookmarkTaken, Materialized, PointList};
+pub use recovery::{BookmarkTaken, PointList};
 pub use server::{bind, run_control, ControlError};

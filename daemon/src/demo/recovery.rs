@@ -1,28 +1,16 @@
-//! The demo's recovery steps that need the target's recovery exports:
-//! test failover at the bookmark and failover to the bookmark. Those
-//! control requests are being built (issue 5); until they are merged,
-//! each step says so and the demo's verdict rests on `materialize`
-//! (`steps::verify_at_bookmark`).
-//!
-//! To plug them in, replace the body of each function below; the rest of
-//! the demo (step numbering, summary, JSON, exit code) already handles a
-//! [`StepOutcome::Verified`]. What each step is to do:
-//!
-//! * test failover: `TestFailover { group, point }` on the target gives a
-//!   writable NBD export of every disk at the point, leaving replication
-//!   running; read each with [`verify_export`] against `context.expected`;
-//!   then `TestFailoverCleanup { group, result }` (the operator's verdict)
-//!   removes them.
-//! * failover: `Failover { group, point }` on the target gives writable NBD
-//!   exports named after the disks on the target's recovery NBD listener;
-//!   read each with [`verify_export`] against `context.expected`.
-//!
-//! [`verify_export`]: super::verify::verify_export
+//! The demo's recovery steps on the target: a test failover at the
+//! bookmark (writable copies of every disk, replication going on), then a
+//! failover to the bookmark, each disk read over NBD from the target's
+//! recovery listener and compared with what the disks held at the bookmark.
+//! The failover is cancelled at the end, so replication resumes.
 
 use super::progress::Progress;
 use super::sites::Site;
+use super::verify::verify_export;
 use super::verify::Verdict;
 use super::workload::DiskModel;
+use crate::control::Request;
+use anyhow::Context;
 
 /// What a recovery step needs.
 pub struct RecoveryContext<'a> {
@@ -41,21 +29,14 @@ pub struct RecoveryContext<'a> {
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum StepOutcome {
     /// Every disk's export was read and compared.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the recovery steps of issue 5 return it")
-    )]
     Verified { verdicts: Vec<Verdict> },
-    /// This build cannot do the step yet.
-    NotBuilt { reason: String },
 }
 
 impl StepOutcome {
-    /// Whether the demo may still pass: a step not built yet does not fail it.
+    /// Whether every disk read back as expected.
     pub fn passed(&self) -> bool {
         match self {
             StepOutcome::Verified { verdicts } => verdicts.iter().all(|v| v.passed),
-            StepOutcome::NotBuilt { .. } => true,
         }
     }
 
@@ -65,42 +46,86 @@ impl StepOutcome {
                 let passed = verdicts.iter().filter(|v| v.passed).count();
                 format!("{passed} of {} disks verified", verdicts.len())
             }
-            StepOutcome::NotBuilt { reason } => format!("not run: {reason}"),
         }
     }
 }
 
+/// Reads every export of an outcome (`exports[].uri`) and compares it
+/// with the expected contents of its disk.
+async fn verify_exports(
+    context: &RecoveryContext<'_>,
+    outcome: &serde_json::Value,
+) -> anyhow::Result<Vec<Verdict>> {
+    let exports = outcome["exports"].as_array().cloned().unwrap_or_default();
+    let mut verdicts = Vec::new();
+    for model in context.expected {
+        let export = exports
+            .iter()
+            .find(|e| e["disk"] == model.name.as_str())
+            .ok_or_else(|| anyhow::anyhow!("no export of {} in {outcome}", model.name))?;
+        let uri = export["uri"].as_str().unwrap_or_default();
+        let (address, name) = uri
+            .strip_prefix("nbd://")
+            .and_then(|rest| rest.split_once('/'))
+            .ok_or_else(|| anyhow::anyhow!("unexpected export URI {uri:?}"))?;
+        context.progress.detail(&format!("reading {uri}"));
+        let verdict = verify_export(address, name, model)
+            .await
+            .with_context(|| format!("reading {uri}"))?;
+        verdicts.push(verdict);
+    }
+    Ok(verdicts)
+}
+
 /// Test failover at the bookmark: writable copies of every disk at the
-/// point, verified, then cleaned up; replication is not interrupted.
+/// point, verified, then cleaned up (the drill is recorded); replication is
+/// not interrupted.
 pub async fn test_failover_at_bookmark(
     context: &RecoveryContext<'_>,
 ) -> anyhow::Result<StepOutcome> {
-    let reason = "test failover is not in this build yet (issue 5)";
-    context.progress.detail(&format!(
-        "{reason}: would export {} disk(s) of {} at {} and verify them",
-        context.expected.len(),
-        context.group,
-        context.point
-    ));
-    let _ = context.target;
-    Ok(StepOutcome::NotBuilt {
-        reason: reason.into(),
+    let request = Request::TestFailover {
+        group: context.group.to_string(),
+        point: context.point.to_string(),
+    };
+    let outcome = context.target.request(request).await?;
+    let verdicts = verify_exports(context, &outcome).await;
+    let result = match &verdicts {
+        Ok(v) if v.iter().all(|v| v.passed) => "passed",
+        _ => "failed",
+    };
+    let cleanup = Request::TestFailoverCleanup {
+        group: context.group.to_string(),
+        result: Some(result.to_string()),
+        note: "drgw demo".to_string(),
+    };
+    let cleaned = context.target.request(cleanup).await?;
+    context
+        .progress
+        .detail(cleaned["message"].as_str().unwrap_or_default());
+    Ok(StepOutcome::Verified {
+        verdicts: verdicts?,
     })
 }
 
 /// Failover to the bookmark: the disks at the point become the target's
-/// writable NBD exports, verified by reading them.
+/// writable NBD exports, verified by reading them; then cancelled, so
+/// replication resumes (a demo does not commit).
 pub async fn failover_to_bookmark(context: &RecoveryContext<'_>) -> anyhow::Result<StepOutcome> {
-    let reason = "failover is not in this build yet (issue 5)";
-    context.progress.detail(&format!(
-        "{reason}: would serve {} disk(s) of {} at {} on the target's recovery NBD listener and verify them",
-        context.expected.len(),
-        context.group,
-        context.point
-    ));
-    let _ = context.target;
-    Ok(StepOutcome::NotBuilt {
-        reason: reason.into(),
+    let request = Request::Failover {
+        group: context.group.to_string(),
+        point: context.point.to_string(),
+    };
+    let outcome = context.target.request(request).await?;
+    let verdicts = verify_exports(context, &outcome).await;
+    let cancel = Request::FailoverCancel {
+        group: context.group.to_string(),
+    };
+    let cancelled = context.target.request(cancel).await?;
+    context
+        .progress
+        .detail(cancelled["message"].as_str().unwrap_or_default());
+    Ok(StepOutcome::Verified {
+        verdicts: verdicts?,
     })
 }
 
@@ -121,11 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn a_step_not_built_does_not_fail_the_demo_a_mismatch_does() {
-        let not_built = StepOutcome::NotBuilt {
-            reason: "later".into(),
-        };
-        assert!(not_built.passed());
+    fn a_mismatch_fails_the_step() {
         let good = StepOutcome::Verified {
             verdicts: vec![verdict(true), verdict(true)],
         };

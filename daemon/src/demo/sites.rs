@@ -31,7 +31,13 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// The appliance's config: loopback, short heartbeats, a staging and a
 /// journal sized for a demo (segments of 32 and 16 MiB), points every second.
-fn config_text(directory: &Path, name: &str, port: u16, socket: &Path) -> String {
+fn config_text(
+    directory: &Path,
+    name: &str,
+    port: u16,
+    socket: &Path,
+    recovery_port: u16,
+) -> String {
     format!(
         "[appliance]\nname = \"{name}\"\nstate_dir = \"{state}\"\n\n\
          [replication]\naddress = \"127.0.0.1\"\nport = {port}\nheartbeat_interval_ms = 200\n\
@@ -40,6 +46,7 @@ fn config_text(directory: &Path, name: &str, port: u16, socket: &Path) -> String
          [volumes]\ncache = \"{cache}\"\nretention = \"{retention}\"\n\n\
          [staging]\ncapacity_bytes = 1073741824\nsegment_bytes = 33554432\n\n\
          [retention]\nsegment_bytes = 16777216\n\n\
+         [recovery]\naddress = \"127.0.0.1\"\nport = {recovery_port}\n\n\
          [log]\nlevel = \"info\"\n",
         state = directory.join("state").display(),
         socket = socket.display(),
@@ -55,7 +62,11 @@ impl Site {
         let port = free_port()?;
         let socket = directory.join("control.sock");
         let config_path = directory.join("drgw.toml");
-        std::fs::write(&config_path, config_text(&directory, name, port, &socket))?;
+        let recovery_port = free_port()?;
+        std::fs::write(
+            &config_path,
+            config_text(&directory, name, port, &socket, recovery_port),
+        )?;
         let process = ChildProcess::spawn(
             &format!("gateway {name}"),
             [

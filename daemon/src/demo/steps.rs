@@ -432,6 +432,9 @@ async fn verify_at_bookmark(
             point: format!("bookmark:{BOOKMARK}"),
             disk: model.name.clone(),
             out: out.display().to_string(),
+            format: Default::default(),
+            resume: false,
+            force: true,
         };
         let value = target.request(request).await?;
         let materialized: Materialized = serde_json::from_value(value)?;
