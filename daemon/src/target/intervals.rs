@@ -2,7 +2,8 @@
 //! a range come from by its `origin`: the disk offset at which the source's
 //! data starts, so cutting a range never changes its value.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source {
@@ -44,6 +45,10 @@ impl IntervalMap {
         self.ranges.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
     /// Every mapped range, in order.
     pub fn ranges(&self) -> impl Iterator<Item = (u64, u64, Source)> + '_ {
         self.ranges
@@ -73,6 +78,65 @@ impl IntervalMap {
             .collect();
         for (gap_start, gap_end) in gaps {
             self.ranges.insert(gap_start, (gap_end, source));
+        }
+    }
+
+    /// The map that `fill` called on ranges `0..count` in order would build
+    /// (first wins), where `range_of(i)` is range `i` as `(start, end,
+    /// source)`. One sort and one sweep: O(n log n) comparisons of 16-byte
+    /// keys and a bulk insert, where `fill` pays a lookup, two allocations
+    /// and a random B-tree insert per range (a point's overlay is built from
+    /// up to millions of index entries at once). Memory while building: 16
+    /// bytes per range, plus the ranges made (48 bytes each).
+    pub fn from_first_wins(count: usize, range_of: impl Fn(usize) -> (u64, u64, Source)) -> Self {
+        assert!(u32::try_from(count).is_ok(), "{count} ranges at once");
+        let mut order: Vec<(u64, u32)> = (0..count)
+            .filter_map(|rank| {
+                let (start, end, _) = range_of(rank);
+                (start < end).then_some((start, rank as u32))
+            })
+            .collect();
+        order.sort_unstable();
+        let mut built: Vec<(u64, (u64, Source, u32))> = Vec::new();
+        // Ranges begun at or before `cursor`, lowest rank (the winner) on
+        // top; ranges that ended are dropped once they reach the top.
+        let mut active: BinaryHeap<(Reverse<u32>, u64)> = BinaryHeap::new();
+        let mut next = 0;
+        let mut cursor = 0;
+        loop {
+            while active.peek().is_some_and(|&(_, end)| end <= cursor) {
+                active.pop();
+            }
+            if active.is_empty() {
+                let Some(&(start, _)) = order.get(next) else {
+                    break;
+                };
+                cursor = start;
+            }
+            while let Some(&(start, rank)) = order.get(next).filter(|(start, _)| *start <= cursor) {
+                debug_assert_eq!(
+                    start, cursor,
+                    "every range begun before the cursor is active"
+                );
+                active.push((Reverse(rank), range_of(rank as usize).1));
+                next += 1;
+            }
+            let &(Reverse(winner), winner_end) = active.peek().expect("a range covers the cursor");
+            let boundary = order
+                .get(next)
+                .map_or(winner_end, |&(start, _)| start.min(winner_end));
+            debug_assert!(boundary > cursor);
+            match built.last_mut() {
+                Some((_, (end, _, rank))) if *end == cursor && *rank == winner => *end = boundary,
+                _ => built.push((cursor, (boundary, range_of(winner as usize).2, winner))),
+            }
+            cursor = boundary;
+        }
+        IntervalMap {
+            ranges: built
+                .into_iter()
+                .map(|(start, (end, source, _))| (start, (end, source)))
+                .collect(),
         }
     }
 
@@ -182,6 +246,20 @@ mod tests {
                 position = piece.end;
             }
             prop_assert_eq!(position, 300);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn first_wins_build_matches_fill(ops in proptest::collection::vec((0u64..200, 0u64..60), 0..60)) {
+            let range_of = |i: usize| (ops[i].0, ops[i].0 + ops[i].1, source(i as u64, ops[i].0));
+            let mut filled = IntervalMap::new();
+            for i in 0..ops.len() {
+                let (start, end, source) = range_of(i);
+                filled.fill(start, end, source);
+            }
+            let built = IntervalMap::from_first_wins(ops.len(), range_of);
+            prop_assert_eq!(built.ranges().collect::<Vec<_>>(), filled.ranges().collect::<Vec<_>>());
         }
     }
 
