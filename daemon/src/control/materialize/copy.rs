@@ -174,6 +174,12 @@ impl Copy<'_> {
         }
         match stop {
             Some(stop) => Err(stop),
+            // The reader saw the cancel first and stopped early.
+            None if self.sidecar.done_bytes < self.sidecar.disk_size_bytes
+                && self.context.cancel.is_cancelled() =>
+            {
+                Err(Stop::Cancelled)
+            }
             None if self.sidecar.done_bytes < self.sidecar.disk_size_bytes => Err(Stop::Failed(
                 "the reader stopped before the end of the disk".into(),
             )),
