@@ -69,6 +69,10 @@ pub struct Appliance {
     pub pins_version: watch::Sender<u64>,
     /// Long control operations (materialize) running or recently finished.
     pub jobs: crate::control::JobRegistry,
+    /// Requests sent to paired appliances awaiting answers (resync sums).
+    pub calls: crate::link::PeerCalls,
+    /// Resyncs of the groups this appliance protects (source side).
+    pub resyncs: crate::resync::ResyncBoard,
 }
 
 impl Appliance {

@@ -33,6 +33,9 @@ pub struct Status {
     /// Recovery exports and each target group's recovery state.
     #[serde(default)]
     pub recovery: Option<crate::target::RecoveryStatus>,
+    /// Resyncs running on the groups this appliance protects (source side).
+    #[serde(default)]
+    pub resyncs: Vec<crate::resync::ResyncView>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -136,6 +139,7 @@ pub fn collect(appliance: &Appliance) -> Status {
         groups: appliance.ingest.groups_blocking(),
         shipping: appliance.ship_board.all(),
         bandwidth_limit_bytes_per_second: appliance.throttle.current_limit_bytes_per_second(),
+        resyncs: appliance.resyncs.running(),
         target_groups: appliance.targets.all().iter().map(|g| g.status()).collect(),
         target_problems: appliance.targets.problems(),
         recovery: Some(appliance.recovery.status()),

@@ -7,15 +7,18 @@
 //! `format_version`, `appliance_id`, `created_unix_s`; table `peers`
 //! (peer name → JSON of [`crate::tls::PinnedPeer`]); table `disks` (disk
 //! name → JSON of [`ProtectedDisk`]); tables `recovery` and `drills` (target
-//! groups' recovery state and test failover drills, see [`recovery`]). See
+//! groups' recovery state and test failover drills, see [`recovery`]);
+//! table `resyncs` (resyncs of protected groups, see [`resyncs`]). See
 //! docs/formats/catalog.md.
 
 mod disks;
 mod peers;
 mod recovery;
+mod resyncs;
 
 pub use disks::ProtectedDisk;
 pub use recovery::{Drill, GroupRecovery, RecoveryState, Transition};
+pub use resyncs::{ResyncPhase, ResyncRecord};
 
 use crate::tls::Fingerprint;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -28,6 +31,7 @@ const DISKS: TableDefinition<&str, &[u8]> = TableDefinition::new("disks");
 const GROUPS: TableDefinition<&str, u32> = TableDefinition::new("groups");
 const RECOVERY: TableDefinition<&str, &[u8]> = TableDefinition::new("recovery");
 const DRILLS: TableDefinition<&str, &[u8]> = TableDefinition::new("drills");
+const RESYNCS: TableDefinition<&str, &[u8]> = TableDefinition::new("resyncs");
 
 /// The catalog format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -151,6 +155,9 @@ impl Catalog {
                 .map_err(|e| self.database_error(e))?;
             transaction
                 .open_table(DRILLS)
+                .map_err(|e| self.database_error(e))?;
+            transaction
+                .open_table(RESYNCS)
                 .map_err(|e| self.database_error(e))?;
         }
         transaction.commit().map_err(|e| self.database_error(e))

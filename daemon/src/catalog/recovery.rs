@@ -205,7 +205,7 @@ impl Catalog {
         Ok(drills)
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(
+    pub(super) fn decode<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
         bytes: &[u8],

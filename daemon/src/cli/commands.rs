@@ -161,6 +161,40 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let value = call(&cli.global, Request::Recovery { group })?;
             emit(json, &value, || print::recovery(&value))
         }
+        Command::Resync {
+            group,
+            disk,
+            grain,
+            fine,
+            at,
+            no_wait,
+            status,
+            cancel,
+            json,
+        } => {
+            if status || cancel {
+                let request = if cancel {
+                    Request::ResyncCancel { group }
+                } else {
+                    Request::ResyncStatus { group }
+                };
+                let value = call(&cli.global, request)?;
+                return emit(json, &value, || print::resync(&value));
+            }
+            let size = |bytes: u64| {
+                u32::try_from(bytes).map_err(|_| anyhow::anyhow!("{bytes} is too large"))
+            };
+            let not_before_unix_ms = at.as_deref().map(next_local_time).transpose()?;
+            let request = Request::Resync {
+                group,
+                disk,
+                block_bytes: Some(size(grain)?),
+                fine_bytes: Some(size(fine)?),
+                not_before_unix_ms,
+            };
+            let value = super::resync::run(&socket_path(&cli.global)?, request, !no_wait)?;
+            emit(json, &value, || print::resync(&value))
+        }
         Command::Events { json } => {
             let value = call(&cli.global, Request::Events)?;
             emit(json, &value, || print::events(&value))
@@ -330,4 +364,23 @@ fn config_check(file: &std::path::Path, json: bool) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The next local time `HH:MM` to come, in ms since the epoch.
+fn next_local_time(text: &str) -> anyhow::Result<u64> {
+    use chrono::{Local, NaiveTime, TimeZone};
+    let time = NaiveTime::parse_from_str(text, "%H:%M")
+        .map_err(|_| anyhow::anyhow!("--at takes a local time HH:MM, not {text:?}"))?;
+    let now = Local::now();
+    for days in 0..3 {
+        let date = now.date_naive() + chrono::Duration::days(days);
+        if let Some(at) = Local.from_local_datetime(&date.and_time(time)).earliest() {
+            if at > now {
+                return Ok(at.timestamp_millis() as u64);
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "{text} does not occur in the next days in this time zone"
+    ))
 }

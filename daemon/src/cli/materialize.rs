@@ -4,16 +4,13 @@
 //! next chunk, fsyncs what it wrote and keeps the sidecar, so the image is
 //! left incomplete *and marked so*, and `--resume` continues it.
 
-use super::print;
+use super::progress::Display;
 use crate::control::{self, JobReport, JobState, Request};
 use anyhow::{anyhow, Context};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const POLL: Duration = Duration::from_millis(250);
-const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
 pub fn run(socket: &Path, start: Request) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -27,13 +24,20 @@ async fn follow(socket: &Path, start: Request) -> anyhow::Result<serde_json::Val
     let id = started["job"]
         .as_u64()
         .ok_or_else(|| anyhow!("the daemon answered no job id: {started}"))?;
-    let mut display = Display::new();
+    let mut display = Display::new("materialize");
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let mut cancelled = false;
     loop {
         let report = job(socket, id).await?;
-        display.show(&report);
+        let running = report.state == JobState::Running;
+        display.show(
+            report.done_bytes,
+            report.total_bytes,
+            report.bytes_per_second as f64,
+            running,
+            "",
+        );
         match report.state {
             JobState::Running => {}
             JobState::Done => {
@@ -63,66 +67,4 @@ async fn follow(socket: &Path, start: Request) -> anyhow::Result<serde_json::Val
 async fn job(socket: &Path, id: u64) -> anyhow::Result<JobReport> {
     let value = control::request(socket, Request::Job { id }).await?;
     serde_json::from_value(value).context("reading the job's progress")
-}
-
-/// A progress bar on a terminal; otherwise a line every PLAIN_EVERY.
-enum Display {
-    Bar(ProgressBar),
-    Plain { last: Option<Instant> },
-}
-
-impl Display {
-    fn new() -> Display {
-        if !std::io::stderr().is_terminal() {
-            return Display::Plain { last: None };
-        }
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {msg} ETA {eta}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        Display::Bar(bar)
-    }
-
-    fn show(&mut self, report: &JobReport) {
-        let rate = format!("{}/s", print::bytes(report.bytes_per_second));
-        match self {
-            Display::Bar(bar) => {
-                bar.set_length(report.total_bytes);
-                bar.set_position(report.done_bytes);
-                bar.set_message(rate);
-            }
-            Display::Plain { last } => {
-                if last.is_some_and(|at| at.elapsed() < PLAIN_EVERY)
-                    || report.state != JobState::Running
-                    || report.total_bytes == 0
-                {
-                    return;
-                }
-                *last = Some(Instant::now());
-                let percent = report.done_bytes as f64 * 100.0 / report.total_bytes.max(1) as f64;
-                eprintln!(
-                    "materialize: {} of {} ({percent:.0} %), {rate}",
-                    print::bytes(report.done_bytes),
-                    print::bytes(report.total_bytes)
-                );
-            }
-        }
-    }
-
-    fn note(&self, text: &str) {
-        match self {
-            Display::Bar(bar) => bar.println(text),
-            Display::Plain { .. } => eprintln!("{text}"),
-        }
-    }
-
-    fn finish(&self) {
-        if let Display::Bar(bar) = self {
-            bar.finish_and_clear();
-        }
-    }
 }

@@ -5,6 +5,10 @@
 mod commands;
 mod materialize;
 mod print;
+mod progress;
+mod resync;
+
+pub use print::bytes;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -205,6 +209,40 @@ pub enum Command {
     /// A group's recovery state, its transitions and its test failover drills
     Recovery {
         group: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare a group's disks with their replicas by block checksums and send only what differs
+    #[command(
+        after_help = "Runs on the group's source appliance; the tap reads the primary, the target its replica. \
+                      Points the target takes during the resync are not crash-consistent and cannot be \
+                      recovered; the first point after it is. A restart of either side resumes it. \
+                      Ctrl-C stops following, not the resync."
+    )]
+    Resync {
+        group: String,
+        /// One disk (default: every disk of the group)
+        #[arg(long, conflicts_with_all = ["status", "cancel"])]
+        disk: Option<String>,
+        /// Bytes per compared block (4K to 64M, a power of two)
+        #[arg(long, value_parser = parse_size, default_value = "64K")]
+        grain: u64,
+        /// Bytes per block compared again inside a differing block (what is sent)
+        #[arg(long, value_parser = parse_size, default_value = "4K")]
+        fine: u64,
+        /// Start at this local time (HH:MM, the next one to come), e.g. outside office hours
+        #[arg(long, value_name = "HH:MM", conflicts_with_all = ["status", "cancel"])]
+        at: Option<String>,
+        /// Return once started instead of following its progress
+        #[arg(long)]
+        no_wait: bool,
+        /// Show the running resync, or the last one
+        #[arg(long, conflicts_with = "cancel")]
+        status: bool,
+        /// Stop the running resync (its points stay unusable until a resync completes)
+        #[arg(long)]
+        cancel: bool,
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,

@@ -340,12 +340,19 @@ pub fn points(value: &serde_json::Value) {
         value["recoverable_from"],
         value["applied_through"]
     );
+    let markers: Vec<crate::target::ResyncMarker> =
+        serde_json::from_value(value["resyncs"].clone()).unwrap_or_default();
     let rows: Vec<[String; 3]> = points
         .iter()
         .map(|point| {
+            let sequence = point["sequence"].as_u64().unwrap_or(0);
             let kind = match point["bookmark"].as_str() {
                 Some(name) => format!("bookmark {name}"),
                 None => "crash-consistent".into(),
+            };
+            let kind = match crate::target::resync_open_at(&markers, sequence) {
+                Some(_) => format!("{kind}, during a resync: NOT consistent"),
+                None => kind,
             };
             [
                 crate::target::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
@@ -355,6 +362,63 @@ pub fn points(value: &serde_json::Value) {
         })
         .collect();
     table(&["TIME (UTC)", "KIND", "SEQUENCE"].map(String::from), &rows);
+}
+
+pub fn resync(value: &serde_json::Value) {
+    let text = |key: &str| value[key].as_str().unwrap_or_default().to_string();
+    let number = |key: &str| value[key].as_u64().unwrap_or(0);
+    let total = number("total_bytes");
+    let compared = number("compared_bytes");
+    let percent = compared as f64 * 100.0 / total.max(1) as f64;
+    println!(
+        "resync of {} ({}): {}, {} of {} compared ({percent:.0} %), {} differed and were sent again",
+        text("group"),
+        value["disks"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|n| n.as_str()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        text("phase"),
+        bytes(compared),
+        bytes(total),
+        bytes(number("differing_bytes")),
+    );
+    let started = number("started_unix_ms");
+    match value["finished_unix_ms"].as_u64() {
+        Some(finished) => println!(
+            "started {}, ended {} ({:.1} s); grain {} compared again at {}; resumed {} times",
+            crate::target::format_utc(started),
+            crate::target::format_utc(finished),
+            finished.saturating_sub(started) as f64 / 1000.0,
+            bytes(number("block_bytes")),
+            bytes(number("fine_bytes")),
+            number("resumes")
+        ),
+        None => println!(
+            "started {}, {}/s, ETA {}; grain {} compared again at {}",
+            crate::target::format_utc(started),
+            bytes(value["bytes_per_second"].as_f64().unwrap_or(0.0) as u64),
+            value["eta_s"]
+                .as_f64()
+                .map(|s| format!("{s:.0} s"))
+                .unwrap_or_else(|| "unknown".into()),
+            bytes(number("block_bytes")),
+            bytes(number("fine_bytes"))
+        ),
+    }
+    if let Some(waiting) = value["waiting"].as_str() {
+        println!("waiting: {waiting}");
+    }
+    if let Some(error) = value["error"].as_str() {
+        println!("error: {error}");
+    }
+    if let Some(sequence) = value["start_sequence"].as_u64() {
+        if value["phase"] != "done" {
+            println!(
+                "points from sequence {sequence} on are not crash-consistent until a resync of {} completes",
+                text("group")
+            );
+        }
+    }
 }
 
 pub fn materialized(value: &serde_json::Value) {

@@ -82,6 +82,28 @@ pub async fn handle(
         Request::Recovery { group } => {
             super::recovery::history(&appliance, &group).map(to_value)?
         }
+        Request::Resync {
+            group,
+            disk,
+            block_bytes,
+            fine_bytes,
+            not_before_unix_ms,
+        } => {
+            let options = crate::resync::ResyncOptions {
+                disk,
+                block_bytes: block_bytes.unwrap_or(crate::resync::BLOCK_BYTES_DEFAULT),
+                fine_bytes: fine_bytes.unwrap_or(crate::resync::FINE_BYTES_DEFAULT),
+                not_before_unix_ms,
+                reason: "operator".into(),
+            };
+            crate::resync::start(&appliance, &group, options).map(to_value)?
+        }
+        Request::ResyncStatus { group } => {
+            crate::resync::status(&appliance, &group).map(to_value)?
+        }
+        Request::ResyncCancel { group } => {
+            crate::resync::cancel(&appliance, &group).map(to_value)?
+        }
         request => super::recovery::transition(&appliance, request).and_then(to_value),
     })
     .await;

@@ -125,7 +125,7 @@ fn prepare(appliance: &Appliance, request: &MaterializeRequest) -> Result<Plan, 
         .find(|d| d.name == request.disk)
         .ok_or_else(|| format!("group {} has no disk {}", request.group, request.disk))?;
     let spec = PointSpec::parse(&request.point).map_err(|e| e.to_string())?;
-    let point = spec.resolve(&target.points()).map_err(|e| e.to_string())?;
+    let point = target.resolve(&spec).map_err(|e| e.to_string())?;
     let (peer, _) = target.key();
     let wanted = Sidecar {
         format: sidecar::FORMAT,

@@ -128,6 +128,24 @@ pub enum Request {
     Recovery {
         group: String,
     },
+    /// Starts a resync of a protected group (source side).
+    Resync {
+        group: String,
+        #[serde(default)]
+        disk: Option<String>,
+        #[serde(default)]
+        block_bytes: Option<u32>,
+        #[serde(default)]
+        fine_bytes: Option<u32>,
+        #[serde(default)]
+        not_before_unix_ms: Option<u64>,
+    },
+    ResyncStatus {
+        group: String,
+    },
+    ResyncCancel {
+        group: String,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

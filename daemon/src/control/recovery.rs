@@ -12,6 +12,10 @@ pub struct PointList {
     pub recoverable_from: u64,
     pub applied_through: u64,
     pub points: Vec<RecoveryPoint>,
+    /// Resync starts and ends in the window: points after a start and
+    /// before its end are not crash-consistent and cannot be recovered.
+    #[serde(default)]
+    pub resyncs: Vec<crate::target::ResyncMarker>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -105,6 +109,7 @@ pub fn points(appliance: &Appliance, group: &str) -> Result<PointList, String> {
         recoverable_from,
         applied_through,
         points: target.points(),
+        resyncs: target.markers(),
     })
 }
 

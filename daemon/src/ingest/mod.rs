@@ -138,14 +138,32 @@ pub struct GroupStaging {
 struct BarrierRoute {
     tap: String,
     groups: Vec<u32>,
-    requests: tokio::sync::mpsc::UnboundedSender<BarrierRequest>,
+    requests: tokio::sync::mpsc::UnboundedSender<TapRequest>,
 }
 
-/// Asks a tap to send back, in order after everything it acknowledged so
-/// far, a marker; `done` is answered once the records before it are staged.
-pub struct BarrierRequest {
-    pub id: u64,
-    pub done: tokio::sync::oneshot::Sender<()>,
+/// What a gateway asks of a tap session.
+pub enum TapRequest {
+    /// Send back, in order after everything acknowledged so far, a marker;
+    /// `done` is answered once the records before it are staged.
+    Barrier {
+        id: u64,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Block sums of the primary of `disk` (a SUM_REQUEST; the session
+    /// sets the tap's disk number).
+    Sums {
+        disk: String,
+        request: crate::wire::SumRequest,
+        answer: tokio::sync::oneshot::Sender<crate::wire::Sums>,
+    },
+    /// Forward these ranges of `disk` again from the primary; `done` is
+    /// answered once they are staged (the tap follows them with barrier `id`).
+    Resync {
+        disk: String,
+        id: u64,
+        ranges: Vec<crate::wire::ResyncRange>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// How long a bookmark waits for the taps of its group to confirm.
@@ -409,7 +427,7 @@ impl Ingest {
     pub fn register_barriers(
         &self,
         tap: &str,
-        requests: tokio::sync::mpsc::UnboundedSender<BarrierRequest>,
+        requests: tokio::sync::mpsc::UnboundedSender<TapRequest>,
     ) -> u64 {
         let route = self
             .barrier_counter
@@ -446,6 +464,27 @@ impl Ingest {
             .remove(&route);
     }
 
+    /// A number for a request to a tap, unique in this process.
+    pub fn request_id(&self) -> u64 {
+        self.barrier_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Hands `request` to the newest session of `tap`; gives it back when
+    /// that tap has no session.
+    pub fn tap_request(&self, tap: &str, request: TapRequest) -> Result<(), TapRequest> {
+        let routes = self.barriers.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = routes
+            .iter()
+            .filter(|(_, route)| route.tap == tap)
+            .max_by_key(|(number, _)| **number)
+            .map(|(_, route)| route);
+        match newest {
+            Some(route) => route.requests.send(request).map_err(|e| e.0),
+            None => Err(request),
+        }
+    }
+
     /// Waits until every tap of the group has staged everything it
     /// acknowledged before now. Refused when a disk of the group has no tap
     /// attached (its latest writes may be only in that tap's dirty map).
@@ -478,7 +517,11 @@ impl Ingest {
             let id = self
                 .barrier_counter
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if route.requests.send(BarrierRequest { id, done }).is_ok() {
+            if route
+                .requests
+                .send(TapRequest::Barrier { id, done })
+                .is_ok()
+            {
                 answers.push((route.tap.clone(), answer));
             }
         }
@@ -525,6 +568,33 @@ impl Ingest {
                     source,
                 })?;
         Ok((range.start, unix_ms))
+    }
+
+    /// Stages a resync start (`done` false) or end marker in a group;
+    /// returns its sequence.
+    pub async fn resync_marker(&self, group: &str, done: bool) -> Result<u64, IngestError> {
+        let group_id = self
+            .disks()
+            .into_iter()
+            .find(|d| d.group == group)
+            .map(|d| d.group_id)
+            .ok_or_else(|| IngestError::Unusable {
+                group: group.to_string(),
+                problem: "no such protected group on this appliance".into(),
+            })?;
+        let log = self.log(group_id, group).await?;
+        let body = RecordBody::Resync {
+            unix_ms: crate::clock::unix_millis(),
+            done,
+        };
+        let range =
+            log.append_remembered(vec![body])
+                .await
+                .map_err(|source| IngestError::Staging {
+                    group: group.to_string(),
+                    source,
+                })?;
+        Ok(range.start)
     }
 
     /// Why a group's staging cannot take writes, if it cannot.

@@ -6,6 +6,7 @@
 //! fingerprint sorts first dials the other; the other only listens. So there
 //! is one link per pair, and no race between two crossing connections.
 
+mod calls;
 mod dialer;
 mod hello;
 mod listener;
@@ -14,6 +15,7 @@ mod registry;
 mod session;
 mod tap_session;
 
+pub use calls::{PeerCall, PeerCalls, SUMS_TIMEOUT};
 pub use dialer::{dials, run_dialers};
 pub use listener::{bind, run_listener};
 pub use registry::{

@@ -11,6 +11,7 @@ use super::registry::{Direction, SessionInfo};
 use crate::appliance::Appliance;
 use crate::tls::{PeerKind, PinnedPeer};
 use crate::wire::{self, ErrorCode, ErrorFrame, Frame, ReadError};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -246,8 +247,16 @@ async fn appliance_loop<S: AsyncWrite>(
     let (outbox, mut outgoing) = mpsc::channel::<Frame>(OUTBOX_FRAMES_MAX);
     let shipping = context.cancel.child_token();
     let _stop_shipping = shipping.clone().drop_guard();
+    let replies = outbox.clone();
     let source =
         crate::ship::SourceSide::start(appliance.clone(), peer.clone(), outbox, shipping.clone());
+    let (calls_number, mut calls) = appliance.calls.register(peer);
+    let _unregister = CallsGuard {
+        calls: &appliance.calls,
+        peer,
+        number: calls_number,
+    };
+    let mut sums_pending: HashMap<u64, tokio::sync::oneshot::Sender<wire::Sums>> = HashMap::new();
     loop {
         tokio::select! {
             _ = context.cancel.cancelled() => return Ok(()),
@@ -257,6 +266,10 @@ async fn appliance_loop<S: AsyncWrite>(
             },
             frame = outgoing.recv() => if let Some(frame) = frame {
                 wire::write_frame(writer, &frame).await?;
+            },
+            call = calls.recv() => if let Some(call) = call {
+                wire::write_frame(writer, &Frame::SumRequest(call.request.clone())).await?;
+                sums_pending.insert(call.request.request, call.answer);
             },
             frame = next_frame(inbox) => match frame? {
                 Frame::Heartbeat(beat) => {
@@ -301,10 +314,67 @@ async fn appliance_loop<S: AsyncWrite>(
                     let ack = wire::Ack { group, sequence_durable: durable };
                     wire::write_frame(writer, &Frame::Ack(ack)).await?;
                 }
+                Frame::SumRequest(request) => {
+                    liveness.seen();
+                    answer_sums(appliance, peer, request, replies.clone());
+                }
+                Frame::Sums(sums) => {
+                    liveness.seen();
+                    let answer = sums_pending.remove(&sums.request).ok_or_else(|| {
+                        SessionError::Protocol(format!("SUMS {} was not asked for", sums.request))
+                    })?;
+                    let _ = answer.send(sums);
+                }
                 other => return Err(SessionError::Unexpected(other.kind())),
             },
         }
     }
+}
+
+struct CallsGuard<'a> {
+    calls: &'a crate::link::PeerCalls,
+    peer: &'a str,
+    number: u64,
+}
+
+impl Drop for CallsGuard<'_> {
+    fn drop(&mut self) {
+        self.calls.unregister(self.peer, self.number);
+    }
+}
+
+/// Sums a replica for the peer's resync, off the session task, and sends
+/// the answer (or why there is none) through `replies`.
+fn answer_sums(
+    appliance: &Arc<crate::appliance::Appliance>,
+    peer: &str,
+    request: wire::SumRequest,
+    replies: mpsc::Sender<Frame>,
+) {
+    let target = appliance.targets.get(peer, request.group);
+    let group = request.group;
+    tokio::spawn(async move {
+        let id = request.request;
+        let result = match target {
+            None => Err(format!("no group {group} from this peer here")),
+            Some(target) => tokio::task::spawn_blocking(move || target.sums(&request))
+                .await
+                .unwrap_or_else(|e| Err(format!("summing failed: {e}"))),
+        };
+        let answer = match result {
+            Ok(sums) => wire::Sums {
+                request: id,
+                error: String::new(),
+                sums,
+            },
+            Err(error) => wire::Sums {
+                request: id,
+                error: truncate(error, wire::ERROR_MESSAGE_BYTES_MAX),
+                sums: Vec::new(),
+            },
+        };
+        let _ = replies.send(Frame::Sums(answer)).await;
+    });
 }
 
 async fn session_loop<S: AsyncWrite>(

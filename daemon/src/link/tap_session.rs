@@ -9,7 +9,7 @@
 use super::liveness::Liveness;
 use super::session::{next_frame, Inbox, SessionContext, SessionError};
 use crate::catalog::ProtectedDisk;
-use crate::ingest::{BarrierRequest, Ingest, StageBatch};
+use crate::ingest::{Ingest, StageBatch, TapRequest};
 use crate::staging::RecordBody;
 use crate::wire::{self, Ack, Attach, Frame};
 use std::collections::HashMap;
@@ -41,6 +41,7 @@ pub(super) async fn run<S: AsyncWrite>(
         route,
         barrier_requests,
         barriers_pending: HashMap::new(),
+        sums_pending: HashMap::new(),
     };
     let result = session.serve(writer, inbox, context, liveness).await;
     session.ingest.unregister_barriers(route);
@@ -57,9 +58,11 @@ struct TapSession {
     attached: HashMap<u32, ProtectedDisk>,
     sequence_last: u64,
     route: u64,
-    barrier_requests: tokio::sync::mpsc::UnboundedReceiver<BarrierRequest>,
+    barrier_requests: tokio::sync::mpsc::UnboundedReceiver<TapRequest>,
     /// Barriers sent to the tap, not yet back.
     barriers_pending: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
+    /// SUM_REQUESTs sent to the tap, not yet answered.
+    sums_pending: HashMap<u64, tokio::sync::oneshot::Sender<wire::Sums>>,
 }
 
 impl TapSession {
@@ -91,9 +94,7 @@ impl TapSession {
                     self.barriers_returned(barriers);
                 }
                 request = self.barrier_requests.recv() => if let Some(request) = request {
-                    let frame = Frame::Bookmark(wire::Bookmark { group: 0, sequence: request.id, name: String::new() });
-                    wire::write_frame(writer, &frame).await?;
-                    self.barriers_pending.insert(request.id, request.done);
+                    self.request(writer, request).await?;
                 },
                 frame = next_frame(inbox), if staging.is_none() => {
                     liveness.seen();
@@ -180,10 +181,78 @@ impl TapSession {
                 }
                 step.barriers.push(barrier.sequence);
             }
+            Frame::Sums(sums) => match self.sums_pending.remove(&sums.request) {
+                Some(answer) => {
+                    let _ = answer.send(sums);
+                }
+                None => {
+                    return Err(SessionError::Protocol(format!(
+                        "SUMS {} was not asked for",
+                        sums.request
+                    )))
+                }
+            },
             other => return Err(SessionError::Unexpected(other.kind())),
         }
         if step.records > 0 {
             step.sequence_last = self.sequence_last;
+        }
+        Ok(())
+    }
+
+    /// Sends what the gateway asks of the tap. A request for a disk not
+    /// attached here is dropped: its asker sees the answer channel close.
+    async fn request<S: AsyncWrite>(
+        &mut self,
+        writer: &mut WriteHalf<S>,
+        request: TapRequest,
+    ) -> Result<(), SessionError> {
+        let number_of = |attached: &HashMap<u32, ProtectedDisk>, name: &str| {
+            attached
+                .iter()
+                .find(|(_, disk)| disk.name == name)
+                .map(|(number, _)| *number)
+        };
+        match request {
+            TapRequest::Barrier { id, done } => {
+                let frame = Frame::Bookmark(wire::Bookmark {
+                    group: 0,
+                    sequence: id,
+                    name: String::new(),
+                });
+                wire::write_frame(writer, &frame).await?;
+                self.barriers_pending.insert(id, done);
+            }
+            TapRequest::Sums {
+                disk,
+                mut request,
+                answer,
+            } => {
+                let Some(number) = number_of(&self.attached, &disk) else {
+                    return Ok(());
+                };
+                request.group = 0;
+                request.disk = number;
+                wire::write_frame(writer, &Frame::SumRequest(request.clone())).await?;
+                self.sums_pending.insert(request.request, answer);
+            }
+            TapRequest::Resync {
+                disk,
+                id,
+                ranges,
+                done,
+            } => {
+                let Some(number) = number_of(&self.attached, &disk) else {
+                    return Ok(());
+                };
+                let frame = Frame::Resync(wire::Resync {
+                    request: id,
+                    disk: number,
+                    ranges,
+                });
+                wire::write_frame(writer, &frame).await?;
+                self.barriers_pending.insert(id, done);
+            }
         }
         Ok(())
     }

@@ -80,6 +80,15 @@ impl FileBackend {
         })
     }
 
+    /// The descriptor to read the whole disk through (resync block sums):
+    /// the O_DIRECT one when there is one (then true).
+    pub fn sum_file(&self) -> (&File, bool) {
+        match &self.inner.direct {
+            Some(direct) => (direct, true),
+            None => (&self.inner.buffered, false),
+        }
+    }
+
     /// Whether O_DIRECT is available for aligned requests.
     pub fn direct_io(&self) -> bool {
         self.inner.direct.is_some()

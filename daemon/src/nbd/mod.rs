@@ -27,6 +27,7 @@ mod transmission;
 #[cfg(test)]
 mod proptests;
 
+pub use aligned::{AlignedBuffer, DIRECT_ALIGNMENT};
 pub use backend::{BlockBackend, BoxFuture};
 pub use error::{NbdError, ParseError};
 pub use export::{Export, Limits, REQUEST_BYTES_LIMIT};

@@ -153,7 +153,10 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         settings: watch::Sender::new(Settings::from_config(&config)),
         pins_version: watch::Sender::new(0),
         jobs: crate::control::JobRegistry::new(cancel.child_token(), tracker.clone()),
+        calls: Default::default(),
+        resyncs: crate::resync::ResyncBoard::new(cancel.child_token(), tracker.clone()),
     });
+    crate::resync::resume_all(&appliance);
     tracker.spawn(link::run_listener(
         listener,
         appliance.clone(),

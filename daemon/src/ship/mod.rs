@@ -220,8 +220,12 @@ impl SourceSide {
     }
 }
 
-/// The groups shipped to `peer`, with their disks.
-fn groups_for(appliance: &Appliance, peer: &str) -> BTreeMap<u32, Vec<ProtectedDisk>> {
+/// The appliance `disk` replicates to: the one it names, or (protected
+/// before targets were named) the only paired appliance.
+pub fn target_of(appliance: &Appliance, disk: &ProtectedDisk) -> Option<String> {
+    if let Some(target) = &disk.peer {
+        return Some(target.clone());
+    }
     let appliance_peers: Vec<String> = appliance
         .pins
         .all()
@@ -229,15 +233,19 @@ fn groups_for(appliance: &Appliance, peer: &str) -> BTreeMap<u32, Vec<ProtectedD
         .filter(|p| p.kind == crate::tls::PeerKind::Appliance)
         .map(|p| p.name)
         .collect();
+    match appliance_peers.as_slice() {
+        [only] => Some(only.clone()),
+        _ => None,
+    }
+}
+
+/// The groups shipped to `peer`, with their disks.
+fn groups_for(appliance: &Appliance, peer: &str) -> BTreeMap<u32, Vec<ProtectedDisk>> {
     let mut groups: BTreeMap<u32, Vec<ProtectedDisk>> = BTreeMap::new();
     for disk in appliance.ingest.disks() {
-        let target = match &disk.peer {
-            Some(target) => target.as_str(),
-            // Protected before targets were named: the only paired appliance.
-            None if appliance_peers.len() == 1 => appliance_peers[0].as_str(),
-            None => continue,
-        };
-        if target == peer && appliance.ingest.group_problem(disk.group_id).is_none() {
+        if target_of(appliance, &disk).as_deref() == Some(peer)
+            && appliance.ingest.group_problem(disk.group_id).is_none()
+        {
             groups.entry(disk.group_id).or_default().push(disk);
         }
     }

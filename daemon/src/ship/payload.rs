@@ -17,6 +17,8 @@ const KIND_TRIM: u8 = 2;
 const KIND_FLUSH: u8 = 3;
 const KIND_BOOKMARK: u8 = 4;
 const KIND_POINT: u8 = 6;
+const KIND_RESYNC_START: u8 = 7;
+const KIND_RESYNC_DONE: u8 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
@@ -56,7 +58,7 @@ pub fn encoded_bytes(record: &StagedRecord) -> usize {
             RecordBody::Trim { .. } => 4 + 8 + 8,
             RecordBody::Flush { .. } => 4,
             RecordBody::Bookmark { name, .. } => 8 + 2 + name.len(),
-            RecordBody::Point { .. } => 8,
+            RecordBody::Point { .. } | RecordBody::Resync { .. } => 8,
             RecordBody::Blob { .. } => 0,
         }
 }
@@ -104,6 +106,15 @@ pub fn encode_records(records: &[StagedRecord], out: &mut Vec<u8>) -> Result<(),
             }
             RecordBody::Point { unix_ms } => {
                 out.push(KIND_POINT);
+                put_u64(out, record.sequence);
+                put_u64(out, *unix_ms);
+            }
+            RecordBody::Resync { unix_ms, done } => {
+                out.push(if *done {
+                    KIND_RESYNC_DONE
+                } else {
+                    KIND_RESYNC_START
+                });
                 put_u64(out, record.sequence);
                 put_u64(out, *unix_ms);
             }
@@ -202,6 +213,10 @@ pub fn decode_records(
             }
             KIND_POINT => RecordBody::Point {
                 unix_ms: cursor.u64("point.unix_ms")?,
+            },
+            KIND_RESYNC_START | KIND_RESYNC_DONE => RecordBody::Resync {
+                unix_ms: cursor.u64("resync.unix_ms")?,
+                done: kind == KIND_RESYNC_DONE,
             },
             other => return Err(PayloadError::Kind(other)),
         };

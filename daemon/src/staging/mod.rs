@@ -162,6 +162,14 @@ pub enum RecordBody {
     Point {
         unix_ms: u64,
     },
+    /// A resync of the group began (`done` false) or finished (`done`
+    /// true) here in the sequence, at `unix_ms` on the source gateway:
+    /// points between the two are not crash-consistent (resynced blocks
+    /// arrive in disk order, not in the order they were written).
+    Resync {
+        unix_ms: u64,
+        done: bool,
+    },
     /// An opaque payload (the target's journal and undo logs use the same
     /// segment format with these records).
     Blob {

@@ -25,6 +25,8 @@ pub enum Kind {
     Padding = 5,
     Point = 6,
     Blob = 7,
+    ResyncStart = 8,
+    ResyncDone = 9,
 }
 
 impl Kind {
@@ -37,6 +39,8 @@ impl Kind {
             5 => Kind::Padding,
             6 => Kind::Point,
             7 => Kind::Blob,
+            8 => Kind::ResyncStart,
+            9 => Kind::ResyncDone,
             _ => return None,
         })
     }
@@ -91,7 +95,10 @@ pub fn body_payload_bytes(body: &RecordBody) -> usize {
         RecordBody::Write { data, .. } => data.len(),
         RecordBody::Bookmark { name, .. } => name.len(),
         RecordBody::Blob { data } => data.len(),
-        RecordBody::Trim { .. } | RecordBody::Flush { .. } | RecordBody::Point { .. } => 0,
+        RecordBody::Trim { .. }
+        | RecordBody::Flush { .. }
+        | RecordBody::Point { .. }
+        | RecordBody::Resync { .. } => 0,
     }
 }
 
@@ -146,6 +153,14 @@ fn body_header(body: &RecordBody) -> (Kind, u32, u64, u64, &[u8]) {
             name.as_bytes(),
         ),
         RecordBody::Point { unix_ms } => (Kind::Point, 0, *unix_ms, 0, &[]),
+        RecordBody::Resync {
+            unix_ms,
+            done: false,
+        } => (Kind::ResyncStart, 0, *unix_ms, 0, &[]),
+        RecordBody::Resync {
+            unix_ms,
+            done: true,
+        } => (Kind::ResyncDone, 0, *unix_ms, 0, &[]),
         RecordBody::Blob { data } => (Kind::Blob, 0, 0, data.len() as u64, data),
     }
 }
@@ -302,7 +317,9 @@ fn check_lengths(header: &Header) -> Result<(), Invalid> {
     let payload = u64::from(header.payload_bytes);
     let consistent = match header.kind {
         Kind::Write | Kind::Bookmark | Kind::Blob => payload == header.length + tag,
-        Kind::Trim | Kind::Flush | Kind::Point => payload == tag,
+        Kind::Trim | Kind::Flush | Kind::Point | Kind::ResyncStart | Kind::ResyncDone => {
+            payload == tag
+        }
         Kind::Padding => true,
     };
     if !consistent {
@@ -360,6 +377,10 @@ pub fn decode_body(
             unix_ms: header.disk_offset,
         },
         Kind::Blob => RecordBody::Blob { data: plain },
+        Kind::ResyncStart | Kind::ResyncDone => RecordBody::Resync {
+            unix_ms: header.disk_offset,
+            done: header.kind == Kind::ResyncDone,
+        },
         Kind::Padding => unreachable!("padding has no body"),
     })
 }

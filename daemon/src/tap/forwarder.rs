@@ -95,6 +95,8 @@ pub struct ForwarderCounters {
     pub acknowledged_records: AtomicU64,
     pub dropped_records: AtomicU64,
     pub resynced_bytes: AtomicU64,
+    /// RESYNC requests of the gateway carried out (checksum resync).
+    pub resync_requests: AtomicU64,
     pub connections: AtomicU64,
     /// Sessions that got through HELLO and every ATTACH.
     pub attached_sessions: AtomicU64,
@@ -415,6 +417,7 @@ impl Forwarder {
     ) -> Result<(), TapLinkError> {
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut sequence_next = 1u64;
+        let (replies, mut replies_out) = mpsc::unbounded_channel::<Frame>();
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         let mut last_seen = Instant::now();
         let result = loop {
@@ -437,10 +440,21 @@ impl Forwarder {
                         Ok(Frame::Bookmark(request)) => {
                             tokio::spawn(self.clone().barrier(request.sequence));
                         }
+                        Ok(Frame::SumRequest(request)) => {
+                            tokio::spawn(self.clone().answer_sums(request, replies.clone()));
+                        }
+                        Ok(Frame::Resync(resync)) => {
+                            tokio::spawn(self.clone().resync_ranges(resync, cancel.clone()));
+                        }
                         Ok(other) => break Err(TapLinkError::Protocol(format!("unexpected {}", other.kind()))),
                         Err(error) => break Err(error),
                     }
                 }
+                reply = replies_out.recv() => if let Some(reply) = reply {
+                    if let Err(error) = wire::write_frame(writer, &reply).await {
+                        break Err(error.into());
+                    }
+                },
                 _ = self.wait_for_items() => {
                     let items = self.take_batch();
                     if let Err(error) = self.send(writer, items, &mut in_flight, &mut sequence_next).await {
@@ -453,6 +467,147 @@ impl Forwarder {
             self.lose(entry.disk, entry.range, entry.bytes, entry.waiter);
         }
         result
+    }
+
+    /// Answers a SUM_REQUEST with the block sums of a primary disk (read
+    /// without the range lock: a block written meanwhile is in the stream
+    /// anyway, whatever its sum says).
+    async fn answer_sums(
+        self: Arc<Self>,
+        request: wire::SumRequest,
+        replies: mpsc::UnboundedSender<Frame>,
+    ) {
+        let id = request.request;
+        let number = request.disk as usize;
+        let mirror = number
+            .checked_sub(self.disks.len())
+            .and_then(|index| self.mirrors.get(index));
+        let result = match self.disks.get(number).cloned() {
+            None => Err(match mirror {
+                Some(mirror) => format!(
+                    "{} is a mirror disk: it has no primary here to sum; restart the QEMU mirror job (sync: full) instead",
+                    mirror.name
+                ),
+                None => format!("no disk {} on this tap", request.disk),
+            }),
+            Some(disk) => tokio::task::spawn_blocking(move || {
+                let (file, direct) = disk.primary.sum_file();
+                let source = crate::sums::SumSource {
+                    file,
+                    direct,
+                    size_bytes: disk.size_bytes,
+                };
+                crate::sums::sums(&source, request.block_bytes, request.seed, &request.spans, || ())
+                    .map_err(|e| format!("reading the primary of {}: {e}", disk.name))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("summing failed: {e}"))),
+        };
+        let answer = match result {
+            Ok(sums) => wire::Sums {
+                request: id,
+                error: String::new(),
+                sums,
+            },
+            Err(error) => {
+                tracing::warn!(%error, "block sums refused");
+                let mut error = error;
+                while error.len() > wire::ERROR_MESSAGE_BYTES_MAX {
+                    error.pop();
+                }
+                wire::Sums {
+                    request: id,
+                    error,
+                    sums: Vec::new(),
+                }
+            }
+        };
+        let _ = replies.send(Frame::Sums(answer));
+    }
+
+    /// Forwards ranges the gateway found different from the target, read
+    /// from the primary like a write (dirty map marked first, under the
+    /// range lock), then a barrier: the gateway knows they are staged when
+    /// it comes back. A range that cannot be forwarded is lost, so the
+    /// normal resync sends its grains; the barrier then waits for that.
+    async fn resync_ranges(self: Arc<Self>, resync: wire::Resync, cancel: CancellationToken) {
+        let Some(disk) = self.disks.get(resync.disk as usize).cloned() else {
+            tracing::warn!(
+                disk = resync.disk,
+                "RESYNC for a disk without a primary ignored"
+            );
+            return;
+        };
+        let chunk_max = self.batch_bytes_max.max(4096) as u64;
+        for range in &resync.ranges {
+            let end = range.offset + u64::from(range.length);
+            let mut position = range.offset;
+            while position < end {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let length = chunk_max.min(end - position);
+                if !self
+                    .forward_from_primary(resync.disk, &disk, position, length)
+                    .await
+                {
+                    self.lost.notify_one();
+                }
+                position += length;
+            }
+        }
+        self.counters
+            .resync_requests
+            .fetch_add(1, Ordering::Relaxed);
+        self.barrier(resync.request).await;
+    }
+
+    /// One range of a requested resync; false when it was lost instead.
+    async fn forward_from_primary(
+        &self,
+        number: u32,
+        disk: &Arc<TapDisk>,
+        offset: u64,
+        length: u64,
+    ) -> bool {
+        disk.tracker.queued(offset, length, false);
+        if !disk.tracker.is_durably_marked(offset, length) {
+            let tracker = disk.tracker.clone();
+            let marked = tokio::task::spawn_blocking(move || tracker.mark(offset, length)).await;
+            if !matches!(marked, Ok(Ok(()))) {
+                tracing::error!(disk = %disk.name, "resync cannot mark the dirty map");
+                disk.tracker.lost(offset, length);
+                return false;
+            }
+        }
+        let guard = disk.ranges.lock(offset, offset + length).await;
+        let data = match disk.primary.read(offset, length as u32).await {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::error!(disk = %disk.name, %error, "resync cannot read the primary");
+                disk.tracker.lost(offset, length);
+                return false;
+            }
+        };
+        let item = Item {
+            disk: number,
+            payload: Payload::Write { offset, data },
+            waiter: None,
+        };
+        let queued = self.push_waiting(item).await;
+        drop(guard);
+        match queued {
+            Ok(()) => {
+                self.counters
+                    .resynced_bytes
+                    .fetch_add(length, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                disk.tracker.lost(offset, length);
+                false
+            }
+        }
     }
 
     /// Queues a barrier once nothing acknowledged to a client is missing

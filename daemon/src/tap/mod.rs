@@ -323,6 +323,7 @@ async fn write_status(forwarder: &Forwarder, state_dir: &Path) {
         "acknowledged_records": counters.acknowledged_records.load(Relaxed),
         "dropped_records": counters.dropped_records.load(Relaxed),
         "resynced_bytes": counters.resynced_bytes.load(Relaxed),
+        "resync_requests": counters.resync_requests.load(Relaxed),
         "connections": counters.connections.load(Relaxed),
         "disks": disks,
     });

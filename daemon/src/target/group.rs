@@ -319,6 +319,35 @@ impl TargetGroup {
             .ok_or_else(|| TargetError::Corrupt(format!("no replica for disk {disk}")))
     }
 
+    /// Block sums of a replica for a resync (blocking: run off the
+    /// runtime). Each round of reads holds the applier off, so no block is
+    /// summed half-written.
+    pub fn sums(&self, request: &crate::wire::SumRequest) -> Result<Vec<u128>, String> {
+        if let Some(reason) = self.held() {
+            return Err(format!("the group takes no replication here: {reason}"));
+        }
+        let disk = self
+            .disks()
+            .into_iter()
+            .find(|d| d.id == request.disk)
+            .ok_or_else(|| format!("group {} has no disk {} here", self.name(), request.disk))?;
+        let (file, direct) = crate::sums::open_for_sums(&disk.path)
+            .map_err(|e| format!("{}: {e}", disk.path.display()))?;
+        let source = crate::sums::SumSource {
+            file: &file,
+            direct,
+            size_bytes: disk.size_bytes,
+        };
+        crate::sums::sums(
+            &source,
+            request.block_bytes,
+            request.seed,
+            &request.spans,
+            || self.index.read().unwrap_or_else(|p| p.into_inner()),
+        )
+        .map_err(|e| format!("reading {}: {e}", disk.path.display()))
+    }
+
     /// The decoded undo blob of undo record `undo` (cached).
     pub(super) fn blob(&self, undo: u64) -> Result<Arc<UndoBlob>, TargetError> {
         if let Some((_, blob)) = self
@@ -632,11 +661,18 @@ impl TargetGroup {
                     offset,
                     length,
                 } => (*disk, *offset, *length),
-                other => {
+                RecordBody::Resync { unix_ms, done } => {
+                    builder.marker(super::ResyncMarker {
+                        sequence: record.sequence,
+                        unix_ms: *unix_ms,
+                        done: *done,
+                    });
+                    continue;
+                }
+                _ => {
                     if let Some(point) = point_of(record) {
                         builder.point(point);
                     }
-                    let _ = other;
                     continue;
                 }
             };
@@ -951,6 +987,52 @@ impl TargetGroup {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// Resolves a point name to a point that can be recovered: one taken
+    /// during a resync is refused, naming the newest one before it.
+    pub fn resolve(&self, spec: &super::PointSpec) -> Result<RecoveryPoint, TargetError> {
+        let points = self.points();
+        let point = spec.resolve(&points)?;
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let Some(open) = index.resync_open_at(point.sequence) else {
+            return Ok(point);
+        };
+        let finished = index
+            .markers
+            .iter()
+            .find(|m| m.done && m.sequence > open.sequence)
+            .map(|m| m.sequence);
+        drop(index);
+        let before = points
+            .iter()
+            .rev()
+            .find(|p| p.sequence < open.sequence)
+            .map(|p| format!("seq:{} ({})", p.sequence, super::format_utc(p.unix_ms)))
+            .unwrap_or_else(|| "none left in the window".into());
+        let when = super::format_utc(open.unix_ms);
+        Err(TargetError::BadPoint(match finished {
+            Some(done) => format!(
+                "point seq:{} was taken during the resync of {when} (seq:{} to seq:{done}): it is not crash-consistent; the newest point before that resync is {before}, any point after seq:{done} is consistent",
+                point.sequence, open.sequence
+            ),
+            None => format!(
+                "point seq:{} was taken during a resync still in progress (since {when}, seq:{}): it is not crash-consistent; the newest point before it is {before}, or wait for the resync to finish",
+                point.sequence, open.sequence
+            ),
+        }))
+    }
+
+    /// Resync starts and ends still in the window, oldest first.
+    pub fn markers(&self) -> Vec<super::ResyncMarker> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        index.markers.iter().copied().collect()
+    }
+
+    /// The resync started at this sequence and not finished, if any.
+    pub fn resync_open(&self) -> Option<super::ResyncMarker> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        index.markers.back().copied().filter(|m| !m.done)
     }
 
     pub fn recoverable(&self) -> (u64, u64) {

@@ -144,6 +144,10 @@ pub struct UndoRecordSpan {
 pub struct GroupIndex {
     pub disks: BTreeMap<u32, EntryList>,
     pub points: VecDeque<RecoveryPoint>,
+    /// Resync starts and ends, oldest first; the newest one at or before
+    /// `recoverable_from` is kept (it says whether the oldest points were
+    /// taken during a resync).
+    pub markers: VecDeque<super::ResyncMarker>,
     pub undo_records: VecDeque<UndoRecordSpan>,
     /// Every record through this sequence is on the replicas.
     pub applied_through: u64,
@@ -169,6 +173,7 @@ impl GroupIndex {
             });
         }
         self.points.extend(blob.points.iter().cloned());
+        self.markers.extend(blob.markers.iter().copied());
         self.undo_records.push_back(UndoRecordSpan {
             undo,
             sequence_first: blob.sequence_first,
@@ -184,6 +189,9 @@ impl GroupIndex {
         }
         while self.points.back().is_some_and(|p| p.sequence > sequence) {
             self.points.pop_back();
+        }
+        while self.markers.back().is_some_and(|m| m.sequence > sequence) {
+            self.markers.pop_back();
         }
         while self
             .undo_records
@@ -216,6 +224,19 @@ impl GroupIndex {
         {
             self.points.pop_front();
         }
+        while self
+            .markers
+            .get(1)
+            .is_some_and(|m| m.sequence < self.recoverable_from)
+        {
+            self.markers.pop_front();
+        }
+    }
+
+    /// The resync start that `sequence` falls after without its end: a
+    /// point there is not crash-consistent.
+    pub fn resync_open_at(&self, sequence: u64) -> Option<super::ResyncMarker> {
+        resync_open_at(self.markers.iter(), sequence)
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -226,6 +247,20 @@ impl GroupIndex {
             + (self.points.capacity() * std::mem::size_of::<RecoveryPoint>()) as u64
             + (self.undo_records.capacity() * std::mem::size_of::<UndoRecordSpan>()) as u64
     }
+}
+
+/// The resync start (among `markers`, oldest first) that `sequence` falls
+/// after without its end, if any.
+pub fn resync_open_at<'a>(
+    markers: impl IntoIterator<Item = &'a super::ResyncMarker, IntoIter: DoubleEndedIterator>,
+    sequence: u64,
+) -> Option<super::ResyncMarker> {
+    markers
+        .into_iter()
+        .rev()
+        .find(|m| m.sequence <= sequence)
+        .filter(|m| !m.done)
+        .copied()
 }
 
 #[cfg(test)]

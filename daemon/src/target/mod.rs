@@ -25,6 +25,7 @@ mod undo;
 mod uring;
 
 pub use group::{PointPin, TargetGroup, TargetGroupStatus};
+pub use index::resync_open_at;
 pub use point::PointView;
 pub use recovery::{
     ExportInfo, GroupRecoveryStatus, Purpose, Recovery, RecoveryOutcome, RecoveryStatus,
@@ -51,6 +52,16 @@ pub struct RecoveryPoint {
     pub unix_ms: u64,
     /// Set for app-consistent bookmarks.
     pub bookmark: Option<String>,
+}
+
+/// Where a resync of a group began (`done` false) or finished, in its
+/// sequence: the points between a start and its done are not
+/// crash-consistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResyncMarker {
+    pub sequence: u64,
+    pub unix_ms: u64,
+    pub done: bool,
 }
 
 /// Retention and RPO of the groups this appliance is target for.
@@ -125,6 +136,16 @@ pub enum Event {
         group: String,
         cap_bytes: u64,
         oldest_point_unix_ms: u64,
+    },
+    /// A resync of a protected group ended (source side): `outcome` is
+    /// `done`, `failed` or `cancelled`.
+    Resync {
+        group: String,
+        outcome: String,
+        compared_bytes: u64,
+        differing_bytes: u64,
+        seconds: f64,
+        error: Option<String>,
     },
 }
 

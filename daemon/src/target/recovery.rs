@@ -296,7 +296,7 @@ impl Recovery {
         self.require_listener()?;
         let _busy = self.busy.lock().await;
         let target = self.targets.find(group)?;
-        let resolved = PointSpec::parse(point)?.resolve(&target.points())?;
+        let resolved = target.resolve(&PointSpec::parse(point)?)?;
         let disks = Self::pick_disks(&target, disk)?;
         let mut made = Vec::new();
         for replica in disks {
@@ -420,7 +420,7 @@ impl Recovery {
             return Err(Self::refuse(&target, &state, "test failover"));
         }
         Self::check_healthy(&target, "test failover")?;
-        let resolved = PointSpec::parse(point)?.resolve(&target.points())?;
+        let resolved = target.resolve(&PointSpec::parse(point)?)?;
         let exports = self
             .open_group(&target, &resolved, Purpose::TestFailover, false)
             .await?;
@@ -609,7 +609,7 @@ impl Recovery {
         )));
         let prepared = async {
             target.wait_applied(APPLY_WAIT).await?;
-            let resolved = spec.resolve(&target.points())?;
+            let resolved = target.resolve(&spec)?;
             let exports = self
                 .open_group(&target, &resolved, Purpose::Failover, false)
                 .await?;

@@ -2,7 +2,7 @@
 //! blob per applied batch, stored as a Blob record in the group's undo log
 //! (docs/formats/journal.md, "Undo blob").
 
-use super::{RecoveryPoint, ZERO_DATA};
+use super::{RecoveryPoint, ResyncMarker, ZERO_DATA};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"dUND");
 const VERSION: u16 = 1;
@@ -10,6 +10,8 @@ const HEADER_BYTES: usize = 4 + 2 + 1 + 1 + 8 + 8 + 4 + 4;
 const CODEC_ZSTD: u8 = 1;
 const KIND_POINT: u8 = 1;
 const KIND_BOOKMARK: u8 = 2;
+const KIND_RESYNC_START: u8 = 3;
+const KIND_RESYNC_DONE: u8 = 4;
 
 /// The bytes `offset..offset + length` of `disk` held before write `sequence`:
 /// at `data_at` in the blob's data, or zeroes when `data_at` is `ZERO_DATA`.
@@ -31,6 +33,8 @@ pub struct UndoBlob {
     pub sequence_last: u64,
     pub entries: Vec<UndoEntry>,
     pub points: Vec<RecoveryPoint>,
+    /// Resyncs that began or finished in the batch.
+    pub markers: Vec<ResyncMarker>,
     /// Old data of every entry, back to back.
     pub data: Vec<u8>,
 }
@@ -50,6 +54,7 @@ fn invalid(why: impl Into<String>) -> UndoError {
 pub struct UndoBuilder {
     entries: Vec<UndoEntry>,
     points: Vec<RecoveryPoint>,
+    markers: Vec<ResyncMarker>,
     data: Vec<u8>,
 }
 
@@ -72,12 +77,17 @@ impl UndoBuilder {
         self.points.push(point);
     }
 
+    pub fn marker(&mut self, marker: ResyncMarker) {
+        self.markers.push(marker);
+    }
+
     pub fn finish(self, sequence_first: u64, sequence_last: u64) -> UndoBlob {
         UndoBlob {
             sequence_first,
             sequence_last,
             entries: self.entries,
             points: self.points,
+            markers: self.markers,
             data: self.data,
         }
     }
@@ -88,7 +98,7 @@ impl UndoBlob {
     pub fn encode(&self, level: i32) -> Vec<u8> {
         let mut raw = Vec::with_capacity(self.data.len() + self.entries.len() * 24 + 64);
         raw.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        raw.extend_from_slice(&(self.points.len() as u32).to_le_bytes());
+        raw.extend_from_slice(&((self.points.len() + self.markers.len()) as u32).to_le_bytes());
         for entry in &self.entries {
             raw.extend_from_slice(&entry.sequence.to_le_bytes());
             raw.extend_from_slice(&entry.disk.to_le_bytes());
@@ -107,6 +117,16 @@ impl UndoBlob {
             let name = point.bookmark.as_deref().unwrap_or("");
             raw.extend_from_slice(&(name.len() as u16).to_le_bytes());
             raw.extend_from_slice(name.as_bytes());
+        }
+        for marker in &self.markers {
+            raw.extend_from_slice(&marker.sequence.to_le_bytes());
+            raw.push(if marker.done {
+                KIND_RESYNC_DONE
+            } else {
+                KIND_RESYNC_START
+            });
+            raw.extend_from_slice(&marker.unix_ms.to_le_bytes());
+            raw.extend_from_slice(&0u16.to_le_bytes());
         }
         raw.extend_from_slice(&self.data);
         let compressed = zstd::bulk::compress(&raw, level).expect("zstd compresses in memory");
@@ -191,6 +211,7 @@ fn decode_raw(raw: &[u8], sequence_first: u64, sequence_last: u64) -> Result<Und
         });
     }
     let mut points = Vec::with_capacity(points_count);
+    let mut markers = Vec::new();
     for _ in 0..points_count {
         let sequence = u64::from_le_bytes(take(8)?.try_into().unwrap());
         let kind = take(1)?[0];
@@ -201,6 +222,14 @@ fn decode_raw(raw: &[u8], sequence_first: u64, sequence_last: u64) -> Result<Und
         let bookmark = match kind {
             KIND_POINT => None,
             KIND_BOOKMARK => Some(name),
+            KIND_RESYNC_START | KIND_RESYNC_DONE => {
+                markers.push(ResyncMarker {
+                    sequence,
+                    unix_ms,
+                    done: kind == KIND_RESYNC_DONE,
+                });
+                continue;
+            }
             other => return Err(invalid(format!("unknown point kind {other}"))),
         };
         points.push(RecoveryPoint {
@@ -218,6 +247,7 @@ fn decode_raw(raw: &[u8], sequence_first: u64, sequence_last: u64) -> Result<Und
         sequence_last,
         entries,
         points,
+        markers,
         data,
     })
 }
@@ -248,7 +278,12 @@ mod tests {
             unix_ms: 100,
             bookmark: Some("pre-upgrade".into()),
         });
-        let mut blob = builder.finish(10, 13);
+        builder.marker(ResyncMarker {
+            sequence: 14,
+            unix_ms: 101,
+            done: false,
+        });
+        let mut blob = builder.finish(10, 14);
         blob.entries.push(blob_zero);
         let bytes = blob.encode(1);
         assert_eq!(UndoBlob::decode(&bytes).unwrap(), blob);

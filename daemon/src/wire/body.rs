@@ -9,6 +9,7 @@ use super::frame::{
     Ack, Attach, Batch, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, GroupDisk,
     GroupInfo, Heartbeat, Hello, Role, Trim, WriteBatch, WriteRecord,
 };
+use super::resync;
 use super::{
     ATTACH_NAME_BYTES_MAX, BATCH_FIXED_BYTES, BOOKMARK_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX,
     GROUP_DISKS_MAX, GROUP_NAME_BYTES_MAX, HELLO_NAME_BYTES_MAX, HELLO_SOFTWARE_BYTES_MAX,
@@ -42,6 +43,9 @@ pub(crate) fn body_bytes(frame: &Frame) -> usize {
             |total, disk| total.saturating_add(12).saturating_add(string(&disk.name)),
         ),
         Frame::Batch(batch) => BATCH_FIXED_BYTES.saturating_add(batch.payload.len()),
+        Frame::SumRequest(request) => resync::sum_request_bytes(request),
+        Frame::Sums(sums) => resync::sums_bytes(sums),
+        Frame::Resync(ranges) => resync::resync_bytes(ranges),
     }
 }
 
@@ -123,6 +127,9 @@ pub(crate) fn write_body(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeE
             out.extend_from_slice(&batch.raw_crc32c.to_le_bytes());
             out.extend_from_slice(&batch.payload);
         }
+        Frame::SumRequest(request) => resync::put_sum_request(request, out)?,
+        Frame::Sums(sums) => resync::put_sums(sums, out)?,
+        Frame::Resync(ranges) => resync::put_resync(ranges, out)?,
     }
     Ok(())
 }
@@ -258,6 +265,9 @@ pub(crate) fn read_body(kind: FrameKind, body: &[u8]) -> Result<Frame, DecodeErr
         FrameKind::Attach => Frame::Attach(read_attach(&mut reader)?),
         FrameKind::Group => Frame::Group(read_group(&mut reader)?),
         FrameKind::Batch => Frame::Batch(read_batch(&mut reader)?),
+        FrameKind::SumRequest => Frame::SumRequest(resync::read_sum_request(&mut reader)?),
+        FrameKind::Sums => Frame::Sums(resync::read_sums(&mut reader)?),
+        FrameKind::Resync => Frame::Resync(resync::read_resync(&mut reader)?),
     };
     reader.finish()?;
     Ok(frame)

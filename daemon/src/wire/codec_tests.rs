@@ -136,6 +136,42 @@ pub(crate) fn samples() -> Vec<Frame> {
             raw_crc32c: 0xdead_beef,
             payload: vec![1, 2, 3, 4],
         }),
+        Frame::SumRequest(SumRequest {
+            request: 7,
+            group: 3,
+            disk: 1,
+            block_bytes: 65536,
+            seed: 0x1234_5678_9abc_def0,
+            spans: vec![
+                SumSpan {
+                    offset: 0,
+                    blocks: 16,
+                },
+                SumSpan {
+                    offset: 1 << 30,
+                    blocks: 1,
+                },
+            ],
+        }),
+        Frame::Sums(Sums {
+            request: 7,
+            error: String::new(),
+            sums: vec![1, u128::MAX, 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10],
+        }),
+        Frame::Resync(Resync {
+            request: 9,
+            disk: 1,
+            ranges: vec![
+                ResyncRange {
+                    offset: 4096,
+                    length: 4096,
+                },
+                ResyncRange {
+                    offset: 65536,
+                    length: 12288,
+                },
+            ],
+        }),
     ]
 }
 
@@ -318,7 +354,7 @@ fn frame_type_is_covered_by_the_checksum() {
 
 #[test]
 fn unknown_frame_type() {
-    for code in [0, 12, 255] {
+    for code in [0, 15, 255] {
         let bytes = frame_with_body(code, &[]);
         assert_eq!(
             decode_all(&bytes),
@@ -627,4 +663,85 @@ fn attach_round_trips_and_refuses_an_empty_name() {
 fn not_protected_error_code_is_named() {
     assert_eq!(ErrorCode::from_code(8), ErrorCode::NotProtected);
     assert_eq!(ErrorCode::NotProtected.code(), 8);
+}
+
+#[test]
+fn resync_frames_refuse_what_they_cannot_mean() {
+    let request = |block_bytes: u32, spans: Vec<SumSpan>| {
+        Frame::SumRequest(SumRequest {
+            request: 1,
+            group: 0,
+            disk: 0,
+            block_bytes,
+            seed: 0,
+            spans,
+        })
+    };
+    let span = |offset: u64, blocks: u32| SumSpan { offset, blocks };
+    let refused = [
+        (request(4096, vec![]), "sum_request.spans"),
+        (request(3000, vec![span(0, 1)]), "sum_request.block_bytes"),
+        (request(256, vec![span(0, 1)]), "sum_request.block_bytes"),
+        (request(4096, vec![span(512, 1)]), "sum_request.span.offset"),
+        (request(4096, vec![span(0, 0)]), "sum_request.span.blocks"),
+        (
+            request(4096, vec![span(8192, 1), span(0, 1)]),
+            "sum_request.span.offset",
+        ),
+        (request(4096, vec![span(0, 2049)]), "sum_request.spans"),
+        (
+            request(4096, vec![span(u64::MAX - 4095, 2)]),
+            "sum_request.span",
+        ),
+        (
+            Frame::Sums(Sums {
+                request: 1,
+                error: "no such disk".into(),
+                sums: vec![1],
+            }),
+            "sums.count",
+        ),
+        (
+            Frame::Resync(Resync {
+                request: 1,
+                disk: 0,
+                ranges: vec![],
+            }),
+            "resync.count",
+        ),
+        (
+            Frame::Resync(Resync {
+                request: 1,
+                disk: 0,
+                ranges: vec![
+                    ResyncRange {
+                        offset: 0,
+                        length: 8192,
+                    },
+                    ResyncRange {
+                        offset: 4096,
+                        length: 4096,
+                    },
+                ],
+            }),
+            "resync.range.offset",
+        ),
+    ];
+    for (frame, field) in refused {
+        match encode_error(&frame) {
+            EncodeError::Invalid { field: found, .. } => assert_eq!(found, field, "{frame:?}"),
+            other => panic!("{frame:?}: {other}"),
+        }
+    }
+    // The decoder refuses the same body: a valid one with the block size
+    // changed in place.
+    let mut body = encoded(&request(4096, vec![span(0, 1)]))[HEADER_BYTES..].to_vec();
+    body[16..20].copy_from_slice(&3000u32.to_le_bytes());
+    assert!(matches!(
+        decode_all(&frame_with_body(FrameKind::SumRequest.code(), &body)),
+        Err(DecodeError::Invalid {
+            field: "sum_request.block_bytes",
+            ..
+        })
+    ));
 }

@@ -53,6 +53,11 @@ pub enum DecodeError {
     EmptyName { field: &'static str },
     #[error("{count} trailing bytes after the body")]
     TrailingBytes { count: usize },
+    #[error("{field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
 }
 
 impl DecodeError {
@@ -90,6 +95,11 @@ pub enum EncodeError {
     EmptyName { field: &'static str },
     #[error("ErrorCode::Unknown({code}) names a known code; use its named variant")]
     ErrorCodeNotCanonical { code: u16 },
+    #[error("{field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
 }
 
 /// Why [`super::read_frame`] returned no frame.

@@ -18,6 +18,9 @@ pub enum Frame {
     Attach(Attach),
     Group(GroupInfo),
     Batch(Batch),
+    SumRequest(super::SumRequest),
+    Sums(super::Sums),
+    Resync(super::Resync),
 }
 
 impl Frame {
@@ -35,6 +38,9 @@ impl Frame {
             Frame::Attach(_) => FrameKind::Attach,
             Frame::Group(_) => FrameKind::Group,
             Frame::Batch(_) => FrameKind::Batch,
+            Frame::SumRequest(_) => FrameKind::SumRequest,
+            Frame::Sums(_) => FrameKind::Sums,
+            Frame::Resync(_) => FrameKind::Resync,
         }
     }
 
@@ -61,10 +67,13 @@ pub enum FrameKind {
     Attach = 9,
     Group = 10,
     Batch = 11,
+    SumRequest = 12,
+    Sums = 13,
+    Resync = 14,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 11] = [
+    pub const ALL: [FrameKind; 14] = [
         FrameKind::Hello,
         FrameKind::Write,
         FrameKind::Flush,
@@ -76,6 +85,9 @@ impl FrameKind {
         FrameKind::Attach,
         FrameKind::Group,
         FrameKind::Batch,
+        FrameKind::SumRequest,
+        FrameKind::Sums,
+        FrameKind::Resync,
     ];
 
     pub const fn code(self) -> u8 {
@@ -100,6 +112,9 @@ impl FrameKind {
             FrameKind::Attach => "ATTACH",
             FrameKind::Group => "GROUP",
             FrameKind::Batch => "BATCH",
+            FrameKind::SumRequest => "SUM_REQUEST",
+            FrameKind::Sums => "SUMS",
+            FrameKind::Resync => "RESYNC",
         }
     }
 }

@@ -20,6 +20,7 @@ mod error;
 mod frame;
 mod header;
 mod io;
+mod resync;
 
 #[cfg(test)]
 mod codec_tests;
@@ -33,6 +34,10 @@ pub use frame::{
     GroupInfo, Heartbeat, Hello, Role, Trim, WriteBatch, WriteRecord,
 };
 pub use io::{read_frame, write_frame};
+pub use resync::{
+    Resync, ResyncRange, SumRequest, SumSpan, Sums, RESYNC_RANGES_MAX, SUM_BLOCKS_MAX,
+    SUM_BLOCK_BYTES_MAX, SUM_BLOCK_BYTES_MIN, SUM_BYTES,
+};
 
 /// The first four bytes of every frame: ASCII `DRGW`, so a hex dump of a
 /// stream shows where frames start.

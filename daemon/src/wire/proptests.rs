@@ -147,6 +147,59 @@ pub(crate) fn frame() -> impl Strategy<Value = Frame> {
                     })
                 }
             ),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            12u32..=20,
+            any::<u64>(),
+            vec((0u64..1000, 1u32..8), 1..6)
+        )
+            .prop_map(|(request, disk, shift, seed, gaps)| {
+                let block_bytes = 1u32 << shift;
+                let mut at = 0u64;
+                let spans = gaps
+                    .into_iter()
+                    .map(|(gap, blocks)| {
+                        let offset = at + gap * u64::from(block_bytes);
+                        at = offset + u64::from(blocks) * u64::from(block_bytes);
+                        SumSpan { offset, blocks }
+                    })
+                    .collect();
+                Frame::SumRequest(SumRequest {
+                    request,
+                    group: 0,
+                    disk,
+                    block_bytes,
+                    seed,
+                    spans,
+                })
+            }),
+        (any::<u64>(), vec(any::<u128>(), 0..40)).prop_map(|(request, sums)| Frame::Sums(Sums {
+            request,
+            error: String::new(),
+            sums
+        })),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            vec((0u64..1 << 20, 1u32..1 << 20), 1..6)
+        )
+            .prop_map(|(request, disk, gaps)| {
+                let mut at = 0u64;
+                let ranges = gaps
+                    .into_iter()
+                    .map(|(gap, length)| {
+                        let offset = at + gap;
+                        at = offset + u64::from(length);
+                        ResyncRange { offset, length }
+                    })
+                    .collect();
+                Frame::Resync(Resync {
+                    request,
+                    disk,
+                    ranges,
+                })
+            }),
     ]
 }
 
@@ -209,7 +262,7 @@ proptest! {
 
     /// Past the header and checksum, so the body parsers see garbage.
     #[test]
-    fn arbitrary_bodies_never_panic(frame_type in 0..=9u8, body in vec(any::<u8>(), 0..512)) {
+    fn arbitrary_bodies_never_panic(frame_type in 0..=15u8, body in vec(any::<u8>(), 0..512)) {
         assert_canonical(&frame_with_body(frame_type, &body), BODY_BYTES_DEFAULT)?;
     }
 
