@@ -137,7 +137,13 @@ fn resync_sends_only_the_blocks_that_differ_and_marks_its_points() {
 
     // The target knows where the resync began and ended.
     let points = json(&pair.target.cli_ok(&["points", "group-1", "--json"]));
-    let markers = points["resyncs"].as_array().unwrap();
+    // The group-wide markers of `drgw resync` (the tap adds its own per disk).
+    let markers: Vec<&serde_json::Value> = points["resyncs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["owner"] == u64::from(u32::MAX))
+        .collect();
     assert_eq!(markers.len(), 2, "{points:#}");
     assert_eq!(markers[0]["sequence"], start);
     assert_eq!(markers[0]["done"], false);
@@ -332,4 +338,67 @@ fn resync_refusals_say_why() {
     pair.source.cli_ok(&["resync", "group-1", "--cancel"]);
     let cancelled = wait_done(&pair, Duration::from_secs(10));
     assert_eq!(cancelled["phase"], "cancelled");
+}
+
+#[test]
+fn a_tap_killed_with_dirty_grains_marks_the_points_of_its_own_resync() {
+    let pair = Pair::start("");
+    let mut tap = Tap::start(&pair.source, "disk-1", SIZE, "async");
+    fill(&tap, 31);
+    settle(&pair, &tap);
+    let before = pair
+        .source
+        .cli_ok(&["bookmark", "group-1", "--name", "before", "--json"]);
+    let before = json(&before)["sequence"].as_u64().unwrap();
+    // Rewrite the disk and kill the tap at once: its grains are still dirty
+    // (cleared only 2 s after they settle), so the new tap sends them all
+    // again from the primary, in disk order.
+    fill(&tap, 32);
+    tap.kill();
+    tap.spawn();
+    wait_attached(&pair);
+    settle(&pair, &tap);
+    let expected = sha_of(&tap.primary);
+    assert_eq!(sha_of(&replica(&pair)), expected, "the replica converged");
+    let disk_id = pair.target_group()["disks"][0]["id"].clone();
+
+    let points = json(&pair.target.cli_ok(&["points", "group-1", "--json"]));
+    let markers: Vec<&serde_json::Value> = points["resyncs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["owner"] == disk_id)
+        .collect();
+    let start = markers
+        .iter()
+        .find(|m| m["done"] == false)
+        .unwrap_or_else(|| panic!("no start marker of the tap's resync: {points:#}"));
+    let start = start["sequence"].as_u64().unwrap();
+    let end = markers
+        .iter()
+        .find(|m| m["done"] == true && m["sequence"].as_u64().unwrap() > start)
+        .unwrap_or_else(|| panic!("no end marker: {points:#}"))["sequence"]
+        .as_u64()
+        .unwrap();
+    assert!(start > before && end > start + 1, "{points:#}");
+    let during = pair.target.cli(&[
+        "export",
+        "group-1",
+        "--point",
+        &format!("seq:{}", start + 1),
+    ]);
+    assert!(!during.status.success(), "a point inside the tap's resync");
+    assert!(String::from_utf8_lossy(&during.stderr).contains("not crash-consistent"));
+    // The bookmark before it, and the end of it, are whole.
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("end.img");
+    pair.materialize(&format!("seq:{end}"), "disk-1", &out);
+    assert_eq!(sha_of(&out), expected);
+    let out = scratch.path().join("before.img");
+    pair.materialize("bookmark:before", "disk-1", &out);
+    assert_eq!(
+        sha_of(&out),
+        sha256_hex(&pseudo_random(31, SIZE as usize)),
+        "the bookmark before the kill"
+    );
 }

@@ -570,8 +570,8 @@ impl Ingest {
         Ok((range.start, unix_ms))
     }
 
-    /// Stages a resync start (`done` false) or end marker in a group;
-    /// returns its sequence.
+    /// Stages the start (`done` false) or end marker of `drgw resync` in a
+    /// group; returns its sequence.
     pub async fn resync_marker(&self, group: &str, done: bool) -> Result<u64, IngestError> {
         let group_id = self
             .disks()
@@ -586,6 +586,7 @@ impl Ingest {
         let body = RecordBody::Resync {
             unix_ms: crate::clock::unix_millis(),
             done,
+            owner: crate::staging::RESYNC_GROUP,
         };
         let range =
             log.append_remembered(vec![body])

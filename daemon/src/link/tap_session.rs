@@ -181,6 +181,15 @@ impl TapSession {
                 }
                 step.barriers.push(barrier.sequence);
             }
+            Frame::ResyncMark(mark) => {
+                let disk = self.disk_for(mark.disk, mark.sequence, 0, 0)?;
+                let body = RecordBody::Resync {
+                    unix_ms: crate::clock::unix_millis(),
+                    done: mark.done,
+                    owner: disk.id,
+                };
+                step.push(&disk, body, 0);
+            }
             Frame::Sums(sums) => match self.sums_pending.remove(&sums.request) {
                 Some(answer) => {
                     let _ = answer.send(sums);

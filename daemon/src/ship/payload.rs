@@ -58,7 +58,8 @@ pub fn encoded_bytes(record: &StagedRecord) -> usize {
             RecordBody::Trim { .. } => 4 + 8 + 8,
             RecordBody::Flush { .. } => 4,
             RecordBody::Bookmark { name, .. } => 8 + 2 + name.len(),
-            RecordBody::Point { .. } | RecordBody::Resync { .. } => 8,
+            RecordBody::Point { .. } => 8,
+            RecordBody::Resync { .. } => 4 + 8,
             RecordBody::Blob { .. } => 0,
         }
 }
@@ -109,13 +110,18 @@ pub fn encode_records(records: &[StagedRecord], out: &mut Vec<u8>) -> Result<(),
                 put_u64(out, record.sequence);
                 put_u64(out, *unix_ms);
             }
-            RecordBody::Resync { unix_ms, done } => {
+            RecordBody::Resync {
+                unix_ms,
+                done,
+                owner,
+            } => {
                 out.push(if *done {
                     KIND_RESYNC_DONE
                 } else {
                     KIND_RESYNC_START
                 });
                 put_u64(out, record.sequence);
+                put_u32(out, *owner);
                 put_u64(out, *unix_ms);
             }
             RecordBody::Blob { .. } => return Err(PayloadError::NotShippable("blob")),
@@ -214,10 +220,14 @@ pub fn decode_records(
             KIND_POINT => RecordBody::Point {
                 unix_ms: cursor.u64("point.unix_ms")?,
             },
-            KIND_RESYNC_START | KIND_RESYNC_DONE => RecordBody::Resync {
-                unix_ms: cursor.u64("resync.unix_ms")?,
-                done: kind == KIND_RESYNC_DONE,
-            },
+            KIND_RESYNC_START | KIND_RESYNC_DONE => {
+                let owner = cursor.u32("resync.owner")?;
+                RecordBody::Resync {
+                    unix_ms: cursor.u64("resync.unix_ms")?,
+                    done: kind == KIND_RESYNC_DONE,
+                    owner,
+                }
+            }
             other => return Err(PayloadError::Kind(other)),
         };
         records.push(StagedRecord { sequence, body });

@@ -136,6 +136,9 @@ pub enum CorruptionPolicy {
 }
 
 /// One staged record's content.
+/// `owner` of the resync markers of `drgw resync` (every disk of a group).
+pub const RESYNC_GROUP: u32 = u32::MAX;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordBody {
     Write {
@@ -162,13 +165,16 @@ pub enum RecordBody {
     Point {
         unix_ms: u64,
     },
-    /// A resync of the group began (`done` false) or finished (`done`
-    /// true) here in the sequence, at `unix_ms` on the source gateway:
-    /// points between the two are not crash-consistent (resynced blocks
-    /// arrive in disk order, not in the order they were written).
+    /// A resync began (`done` false) or finished (`done` true) here in the
+    /// group's sequence, at `unix_ms` on the source gateway: points while
+    /// any resync is open are not crash-consistent (resent blocks arrive in
+    /// disk order, not in the order they were written). `owner` tells
+    /// resyncs apart: a disk's id for the tap's pass over its lost grains,
+    /// [`RESYNC_GROUP`] for `drgw resync`.
     Resync {
         unix_ms: u64,
         done: bool,
+        owner: u32,
     },
     /// An opaque payload (the target's journal and undo logs use the same
     /// segment format with these records).

@@ -156,11 +156,13 @@ fn body_header(body: &RecordBody) -> (Kind, u32, u64, u64, &[u8]) {
         RecordBody::Resync {
             unix_ms,
             done: false,
-        } => (Kind::ResyncStart, 0, *unix_ms, 0, &[]),
+            owner,
+        } => (Kind::ResyncStart, *owner, *unix_ms, 0, &[]),
         RecordBody::Resync {
             unix_ms,
             done: true,
-        } => (Kind::ResyncDone, 0, *unix_ms, 0, &[]),
+            owner,
+        } => (Kind::ResyncDone, *owner, *unix_ms, 0, &[]),
         RecordBody::Blob { data } => (Kind::Blob, 0, 0, data.len() as u64, data),
     }
 }
@@ -380,6 +382,7 @@ pub fn decode_body(
         Kind::ResyncStart | Kind::ResyncDone => RecordBody::Resync {
             unix_ms: header.disk_offset,
             done: header.kind == Kind::ResyncDone,
+            owner: header.disk,
         },
         Kind::Padding => unreachable!("padding has no body"),
     })

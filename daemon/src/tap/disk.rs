@@ -55,7 +55,7 @@ impl TapBackend {
         let (offset, length) = match &payload {
             Payload::Write { offset, data } => (*offset, data.len() as u64),
             Payload::Trim { offset, length } => (*offset, *length),
-            Payload::Flush | Payload::Barrier { .. } => (0, 0),
+            Payload::Flush | Payload::Barrier { .. } | Payload::Marker { .. } => (0, 0),
         };
         let (waiter, receiver) = match self.disk.mode {
             Mode::Sync => {
@@ -77,6 +77,7 @@ impl TapBackend {
             Ok(()) => receiver,
             Err(_) => {
                 self.disk.tracker.lost(offset, length);
+                forwarder.note_loss(self.number);
                 None
             }
         }
@@ -107,6 +108,9 @@ impl TapBackend {
     async fn on_primary(&self, offset: u64, length: u64, result: io::Result<()>) -> io::Result<()> {
         if result.is_err() {
             self.disk.tracker.lost(offset, length);
+            if let Some(forwarder) = self.forwarder.upgrade() {
+                forwarder.note_loss(self.number);
+            }
         }
         result
     }

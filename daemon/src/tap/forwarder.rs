@@ -47,6 +47,12 @@ pub enum Payload {
     Barrier {
         id: u64,
     },
+    /// The disk's stream stops (`done` false) or starts again (`done` true)
+    /// being a prefix of its writes: grains were lost and are being sent
+    /// again (RESYNC_MARK).
+    Marker {
+        done: bool,
+    },
 }
 
 pub struct Item {
@@ -61,7 +67,7 @@ impl Item {
         match &self.payload {
             Payload::Write { offset, data } => (*offset, data.len() as u64),
             Payload::Trim { offset, length } => (*offset, *length),
-            Payload::Flush | Payload::Barrier { .. } => (0, 0),
+            Payload::Flush | Payload::Barrier { .. } | Payload::Marker { .. } => (0, 0),
         }
     }
 
@@ -87,6 +93,8 @@ struct Queue {
     /// Queued plus in flight.
     bytes: usize,
     connected: bool,
+    /// Per disk: a start marker was queued and not its done.
+    marker_open: Vec<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -126,13 +134,16 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(disks: Vec<Arc<TapDisk>>, bytes_max: usize, batch_bytes_max: usize) -> Forwarder {
         Forwarder {
-            disks,
             mirrors: Vec::new(),
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 bytes: 0,
                 connected: false,
+                // Unknown at start (a tap before this one may have left one
+                // open at the gateway): the first connect settles it.
+                marker_open: vec![true; disks.len()],
             }),
+            disks,
             more: Notify::new(),
             room: Notify::new(),
             lost: Notify::new(),
@@ -217,6 +228,58 @@ impl Forwarder {
         self.room.notify_waiters();
     }
 
+    /// Queues a marker for `disk` (outside the byte limit: it is tiny and
+    /// must not wait behind data). The queue lock is held.
+    fn push_marker(&self, queue: &mut Queue, disk: usize, done: bool) {
+        let item = Item {
+            disk: disk as u32,
+            payload: Payload::Marker { done },
+            waiter: None,
+        };
+        queue.bytes += item.bytes();
+        queue.items.push_back(item);
+        queue.marker_open[disk] = !done;
+    }
+
+    /// Grains of `disk` were just counted lost (in its tracker) while the
+    /// link may be up: from here its stream is not a prefix of its writes
+    /// until they are sent again, so a start marker goes first. (With the
+    /// link down, `set_connected` does it at the next connect.)
+    pub fn note_loss(&self, disk: u32) {
+        let disk = disk as usize;
+        if disk >= self.disks.len() {
+            return;
+        }
+        let mut queue = self.queue();
+        if queue.connected && !queue.marker_open[disk] {
+            self.push_marker(&mut queue, disk, false);
+            drop(queue);
+            self.more.notify_one();
+        }
+    }
+
+    /// Ends the markers of disks with nothing lost any more (after a
+    /// resync pass queued their grains), in the stream after them.
+    fn close_markers(&self) {
+        let mut queue = self.queue();
+        if !queue.connected {
+            return;
+        }
+        let mut closed = false;
+        for (number, disk) in self.disks.iter().enumerate() {
+            // Checked under the queue lock: a loss counted after this is
+            // followed by its own start marker (`note_loss`).
+            if queue.marker_open[number] && disk.tracker.lost_ranges(1).is_empty() {
+                self.push_marker(&mut queue, number, true);
+                closed = true;
+            }
+        }
+        drop(queue);
+        if closed {
+            self.more.notify_one();
+        }
+    }
+
     /// A forward will never be acknowledged: its grains are lost.
     fn lose(
         &self,
@@ -240,6 +303,15 @@ impl Forwarder {
             let mut queue = self.queue();
             queue.connected = connected;
             if connected {
+                // First in the new stream, per disk: a start marker if grains
+                // are lost (sent again by the resync pass), else a done if
+                // one may still be open at the gateway.
+                for (number, disk) in self.disks.iter().enumerate() {
+                    let lost = !disk.tracker.lost_ranges(1).is_empty();
+                    if lost || queue.marker_open[number] {
+                        self.push_marker(&mut queue, number, !lost);
+                    }
+                }
                 Vec::new()
             } else {
                 queue.items.drain(..).collect()
@@ -249,6 +321,9 @@ impl Forwarder {
             let bytes = item.bytes();
             let range = item.range();
             self.lose(item.disk, range, bytes, item.waiter);
+        }
+        if connected {
+            self.more.notify_one();
         }
         self.room.notify_waiters();
     }
@@ -577,6 +652,7 @@ impl Forwarder {
             if !matches!(marked, Ok(Ok(()))) {
                 tracing::error!(disk = %disk.name, "resync cannot mark the dirty map");
                 disk.tracker.lost(offset, length);
+                self.note_loss(number);
                 return false;
             }
         }
@@ -586,6 +662,7 @@ impl Forwarder {
             Err(error) => {
                 tracing::error!(disk = %disk.name, %error, "resync cannot read the primary");
                 disk.tracker.lost(offset, length);
+                self.note_loss(number);
                 return false;
             }
         };
@@ -605,6 +682,7 @@ impl Forwarder {
             }
             Err(_) => {
                 disk.tracker.lost(offset, length);
+                self.note_loss(number);
                 false
             }
         }
@@ -726,6 +804,11 @@ impl Forwarder {
                             offset,
                             length,
                         }),
+                        Payload::Marker { done } => Frame::ResyncMark(wire::ResyncMark {
+                            disk: item.disk,
+                            sequence,
+                            done,
+                        }),
                         _ => Frame::Flush(Flush {
                             disk: item.disk,
                             sequence,
@@ -794,6 +877,7 @@ impl Forwarder {
                     }
                 }
             }
+            self.close_markers();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = lost => {}

@@ -661,11 +661,16 @@ impl TargetGroup {
                     offset,
                     length,
                 } => (*disk, *offset, *length),
-                RecordBody::Resync { unix_ms, done } => {
+                RecordBody::Resync {
+                    unix_ms,
+                    done,
+                    owner,
+                } => {
                     builder.marker(super::ResyncMarker {
                         sequence: record.sequence,
                         unix_ms: *unix_ms,
                         done: *done,
+                        owner: *owner,
                     });
                     continue;
                 }
@@ -994,30 +999,26 @@ impl TargetGroup {
     pub fn resolve(&self, spec: &super::PointSpec) -> Result<RecoveryPoint, TargetError> {
         let points = self.points();
         let point = spec.resolve(&points)?;
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let Some(open) = index.resync_open_at(point.sequence) else {
+        let markers = self.markers();
+        let Some(open) = super::index::resync_open_at(&markers, point.sequence) else {
             return Ok(point);
         };
-        let finished = index
-            .markers
-            .iter()
-            .find(|m| m.done && m.sequence > open.sequence)
-            .map(|m| m.sequence);
-        drop(index);
+        let finished = super::index::resyncs_closed_after(&markers, point.sequence);
         let before = points
             .iter()
             .rev()
-            .find(|p| p.sequence < open.sequence)
+            .filter(|p| p.sequence < open.sequence)
+            .find(|p| super::index::resync_open_at(&markers, p.sequence).is_none())
             .map(|p| format!("seq:{} ({})", p.sequence, super::format_utc(p.unix_ms)))
             .unwrap_or_else(|| "none left in the window".into());
         let when = super::format_utc(open.unix_ms);
         Err(TargetError::BadPoint(match finished {
             Some(done) => format!(
-                "point seq:{} was taken during the resync of {when} (seq:{} to seq:{done}): it is not crash-consistent; the newest point before that resync is {before}, any point after seq:{done} is consistent",
+                "point seq:{} was taken during the resync of {when} (seq:{} to seq:{done}): it is not crash-consistent; the newest consistent point before it is {before}, and points after seq:{done} are consistent",
                 point.sequence, open.sequence
             ),
             None => format!(
-                "point seq:{} was taken during a resync still in progress (since {when}, seq:{}): it is not crash-consistent; the newest point before it is {before}, or wait for the resync to finish",
+                "point seq:{} was taken during a resync still in progress (since {when}, seq:{}): it is not crash-consistent; the newest consistent point before it is {before}, or wait for the resync to finish",
                 point.sequence, open.sequence
             ),
         }))
@@ -1027,12 +1028,6 @@ impl TargetGroup {
     pub fn markers(&self) -> Vec<super::ResyncMarker> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         index.markers.iter().copied().collect()
-    }
-
-    /// The resync started at this sequence and not finished, if any.
-    pub fn resync_open(&self) -> Option<super::ResyncMarker> {
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        index.markers.back().copied().filter(|m| !m.done)
     }
 
     pub fn recoverable(&self) -> (u64, u64) {

@@ -224,19 +224,24 @@ impl GroupIndex {
         {
             self.points.pop_front();
         }
-        while self
-            .markers
-            .get(1)
-            .is_some_and(|m| m.sequence < self.recoverable_from)
-        {
-            self.markers.pop_front();
+        // Forget the oldest markers once no resync they opened is still
+        // open at the oldest point left.
+        let mut open = std::collections::BTreeSet::new();
+        let mut cut = 0;
+        for (position, marker) in self.markers.iter().enumerate() {
+            if marker.sequence >= self.recoverable_from {
+                break;
+            }
+            if marker.done {
+                open.remove(&marker.owner);
+            } else {
+                open.insert(marker.owner);
+            }
+            if open.is_empty() {
+                cut = position + 1;
+            }
         }
-    }
-
-    /// The resync start that `sequence` falls after without its end: a
-    /// point there is not crash-consistent.
-    pub fn resync_open_at(&self, sequence: u64) -> Option<super::ResyncMarker> {
-        resync_open_at(self.markers.iter(), sequence)
+        self.markers.drain(..cut);
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -249,18 +254,44 @@ impl GroupIndex {
     }
 }
 
-/// The resync start (among `markers`, oldest first) that `sequence` falls
-/// after without its end, if any.
+/// Among `markers` (in sequence order), the oldest start of a resync still
+/// open at `sequence` (started at or before it, not done by then), if any:
+/// a point there is not crash-consistent.
 pub fn resync_open_at<'a>(
-    markers: impl IntoIterator<Item = &'a super::ResyncMarker, IntoIter: DoubleEndedIterator>,
+    markers: impl IntoIterator<Item = &'a super::ResyncMarker>,
     sequence: u64,
 ) -> Option<super::ResyncMarker> {
-    markers
-        .into_iter()
-        .rev()
-        .find(|m| m.sequence <= sequence)
-        .filter(|m| !m.done)
-        .copied()
+    let mut open: Vec<super::ResyncMarker> = Vec::new();
+    for marker in markers {
+        if marker.sequence > sequence {
+            break;
+        }
+        if marker.done {
+            open.retain(|m| m.owner != marker.owner);
+        } else if !open.iter().any(|m| m.owner == marker.owner) {
+            open.push(*marker);
+        }
+    }
+    open.first().copied()
+}
+
+/// The first marker after `sequence` at which no resync is open any more.
+pub fn resyncs_closed_after<'a>(
+    markers: impl IntoIterator<Item = &'a super::ResyncMarker>,
+    sequence: u64,
+) -> Option<u64> {
+    let mut open = std::collections::BTreeSet::new();
+    for marker in markers {
+        if marker.done {
+            open.remove(&marker.owner);
+        } else {
+            open.insert(marker.owner);
+        }
+        if marker.sequence > sequence && open.is_empty() {
+            return Some(marker.sequence);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

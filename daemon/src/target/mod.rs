@@ -62,6 +62,10 @@ pub struct ResyncMarker {
     pub sequence: u64,
     pub unix_ms: u64,
     pub done: bool,
+    /// Which resync: a disk id (the tap's pass over its lost grains), or
+    /// `staging::RESYNC_GROUP` (`drgw resync`).
+    #[serde(default)]
+    pub owner: u32,
 }
 
 /// Retention and RPO of the groups this appliance is target for.

@@ -126,7 +126,8 @@ impl UndoBlob {
                 KIND_RESYNC_START
             });
             raw.extend_from_slice(&marker.unix_ms.to_le_bytes());
-            raw.extend_from_slice(&0u16.to_le_bytes());
+            raw.extend_from_slice(&4u16.to_le_bytes());
+            raw.extend_from_slice(&marker.owner.to_le_bytes());
         }
         raw.extend_from_slice(&self.data);
         let compressed = zstd::bulk::compress(&raw, level).expect("zstd compresses in memory");
@@ -217,19 +218,23 @@ fn decode_raw(raw: &[u8], sequence_first: u64, sequence_last: u64) -> Result<Und
         let kind = take(1)?[0];
         let unix_ms = u64::from_le_bytes(take(8)?.try_into().unwrap());
         let name_bytes = u16::from_le_bytes(take(2)?.try_into().unwrap()) as usize;
-        let name = String::from_utf8(take(name_bytes)?.to_vec())
-            .map_err(|_| invalid("bookmark name not UTF-8"))?;
+        let name = take(name_bytes)?;
+        if matches!(kind, KIND_RESYNC_START | KIND_RESYNC_DONE) {
+            let owner = <[u8; 4]>::try_from(name)
+                .map_err(|_| invalid("resync marker without its 4-byte owner"))?;
+            markers.push(ResyncMarker {
+                sequence,
+                unix_ms,
+                done: kind == KIND_RESYNC_DONE,
+                owner: u32::from_le_bytes(owner),
+            });
+            continue;
+        }
+        let name =
+            String::from_utf8(name.to_vec()).map_err(|_| invalid("bookmark name not UTF-8"))?;
         let bookmark = match kind {
             KIND_POINT => None,
             KIND_BOOKMARK => Some(name),
-            KIND_RESYNC_START | KIND_RESYNC_DONE => {
-                markers.push(ResyncMarker {
-                    sequence,
-                    unix_ms,
-                    done: kind == KIND_RESYNC_DONE,
-                });
-                continue;
-            }
             other => return Err(invalid(format!("unknown point kind {other}"))),
         };
         points.push(RecoveryPoint {
@@ -282,6 +287,7 @@ mod tests {
             sequence: 14,
             unix_ms: 101,
             done: false,
+            owner: 3,
         });
         let mut blob = builder.finish(10, 14);
         blob.entries.push(blob_zero);

@@ -46,6 +46,7 @@ pub(crate) fn body_bytes(frame: &Frame) -> usize {
         Frame::SumRequest(request) => resync::sum_request_bytes(request),
         Frame::Sums(sums) => resync::sums_bytes(sums),
         Frame::Resync(ranges) => resync::resync_bytes(ranges),
+        Frame::ResyncMark(_) => 4 + 8 + 1,
     }
 }
 
@@ -130,6 +131,7 @@ pub(crate) fn write_body(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeE
         Frame::SumRequest(request) => resync::put_sum_request(request, out)?,
         Frame::Sums(sums) => resync::put_sums(sums, out)?,
         Frame::Resync(ranges) => resync::put_resync(ranges, out)?,
+        Frame::ResyncMark(mark) => resync::put_resync_mark(mark, out),
     }
     Ok(())
 }
@@ -268,6 +270,7 @@ pub(crate) fn read_body(kind: FrameKind, body: &[u8]) -> Result<Frame, DecodeErr
         FrameKind::SumRequest => Frame::SumRequest(resync::read_sum_request(&mut reader)?),
         FrameKind::Sums => Frame::Sums(resync::read_sums(&mut reader)?),
         FrameKind::Resync => Frame::Resync(resync::read_resync(&mut reader)?),
+        FrameKind::ResyncMark => Frame::ResyncMark(resync::read_resync_mark(&mut reader)?),
     };
     reader.finish()?;
     Ok(frame)

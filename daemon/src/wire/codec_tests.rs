@@ -172,6 +172,11 @@ pub(crate) fn samples() -> Vec<Frame> {
                 },
             ],
         }),
+        Frame::ResyncMark(ResyncMark {
+            disk: 1,
+            sequence: 15,
+            done: true,
+        }),
     ]
 }
 
@@ -354,7 +359,7 @@ fn frame_type_is_covered_by_the_checksum() {
 
 #[test]
 fn unknown_frame_type() {
-    for code in [0, 15, 255] {
+    for code in [0, 16, 255] {
         let bytes = frame_with_body(code, &[]);
         assert_eq!(
             decode_all(&bytes),

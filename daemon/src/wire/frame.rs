@@ -21,6 +21,7 @@ pub enum Frame {
     SumRequest(super::SumRequest),
     Sums(super::Sums),
     Resync(super::Resync),
+    ResyncMark(super::ResyncMark),
 }
 
 impl Frame {
@@ -41,6 +42,7 @@ impl Frame {
             Frame::SumRequest(_) => FrameKind::SumRequest,
             Frame::Sums(_) => FrameKind::Sums,
             Frame::Resync(_) => FrameKind::Resync,
+            Frame::ResyncMark(_) => FrameKind::ResyncMark,
         }
     }
 
@@ -70,10 +72,11 @@ pub enum FrameKind {
     SumRequest = 12,
     Sums = 13,
     Resync = 14,
+    ResyncMark = 15,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 14] = [
+    pub const ALL: [FrameKind; 15] = [
         FrameKind::Hello,
         FrameKind::Write,
         FrameKind::Flush,
@@ -88,6 +91,7 @@ impl FrameKind {
         FrameKind::SumRequest,
         FrameKind::Sums,
         FrameKind::Resync,
+        FrameKind::ResyncMark,
     ];
 
     pub const fn code(self) -> u8 {
@@ -115,6 +119,7 @@ impl FrameKind {
             FrameKind::SumRequest => "SUM_REQUEST",
             FrameKind::Sums => "SUMS",
             FrameKind::Resync => "RESYNC",
+            FrameKind::ResyncMark => "RESYNC_MARK",
         }
     }
 }

@@ -35,7 +35,7 @@ pub use frame::{
 };
 pub use io::{read_frame, write_frame};
 pub use resync::{
-    Resync, ResyncRange, SumRequest, SumSpan, Sums, RESYNC_RANGES_MAX, SUM_BLOCKS_MAX,
+    Resync, ResyncMark, ResyncRange, SumRequest, SumSpan, Sums, RESYNC_RANGES_MAX, SUM_BLOCKS_MAX,
     SUM_BLOCK_BYTES_MAX, SUM_BLOCK_BYTES_MIN, SUM_BYTES,
 };
 

@@ -200,6 +200,13 @@ pub(crate) fn frame() -> impl Strategy<Value = Frame> {
                     ranges,
                 })
             }),
+        (any::<u32>(), any::<u64>(), any::<bool>()).prop_map(|(disk, sequence, done)| {
+            Frame::ResyncMark(ResyncMark {
+                disk,
+                sequence,
+                done,
+            })
+        }),
     ]
 }
 
@@ -262,7 +269,7 @@ proptest! {
 
     /// Past the header and checksum, so the body parsers see garbage.
     #[test]
-    fn arbitrary_bodies_never_panic(frame_type in 0..=15u8, body in vec(any::<u8>(), 0..512)) {
+    fn arbitrary_bodies_never_panic(frame_type in 0..=16u8, body in vec(any::<u8>(), 0..512)) {
         assert_canonical(&frame_with_body(frame_type, &body), BODY_BYTES_DEFAULT)?;
     }
 

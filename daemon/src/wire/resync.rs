@@ -71,6 +71,17 @@ pub struct ResyncRange {
     pub length: u32,
 }
 
+/// Tap → source gateway, in its stream: the tap starts (`done` false) or
+/// ends sending a disk's lost grains again from its primary. Staged as a
+/// resync marker of the disk: the points between are not crash-consistent.
+/// Carries a tap sequence like FLUSH (acknowledged with the records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResyncMark {
+    pub disk: u32,
+    pub sequence: u64,
+    pub done: bool,
+}
+
 type Problem = (&'static str, &'static str);
 
 fn check_sum_request(request: &SumRequest) -> Result<(), Problem> {
@@ -288,4 +299,30 @@ pub(crate) fn read_resync(reader: &mut Reader<'_>) -> Result<Resync, DecodeError
     };
     check_resync(&resync).map_err(decode_problem)?;
     Ok(resync)
+}
+
+pub(crate) fn put_resync_mark(mark: &ResyncMark, out: &mut Vec<u8>) {
+    out.extend_from_slice(&mark.disk.to_le_bytes());
+    out.extend_from_slice(&mark.sequence.to_le_bytes());
+    out.push(u8::from(mark.done));
+}
+
+pub(crate) fn read_resync_mark(reader: &mut Reader<'_>) -> Result<ResyncMark, DecodeError> {
+    let disk = reader.u32("resync_mark.disk")?;
+    let sequence = reader.u64("resync_mark.sequence")?;
+    let done = match reader.u8("resync_mark.done")? {
+        0 => false,
+        1 => true,
+        _ => {
+            return Err(DecodeError::Invalid {
+                field: "resync_mark.done",
+                reason: "neither 0 nor 1",
+            })
+        }
+    };
+    Ok(ResyncMark {
+        disk,
+        sequence,
+        done,
+    })
 }
