@@ -124,6 +124,36 @@ pub fn status(status: &Status) {
         .map(String::from);
         table(&header, &rows);
     }
+    if !status.resyncs.is_empty() {
+        println!();
+        println!("RESYNCS (source side)");
+        let rows: Vec<[String; 5]> = status
+            .resyncs
+            .iter()
+            .map(|view| {
+                let record = &view.record;
+                let percent =
+                    record.compared_bytes as f64 * 100.0 / record.total_bytes.max(1) as f64;
+                [
+                    record.group.clone(),
+                    format!(
+                        "{} of {} ({percent:.0} %)",
+                        bytes(record.compared_bytes),
+                        bytes(record.total_bytes)
+                    ),
+                    bytes(record.differing_bytes),
+                    format!(
+                        "{}/s, ETA {}",
+                        bytes(view.bytes_per_second as u64),
+                        view.eta_s.map_or("-".into(), |s| format!("{s:.0} s"))
+                    ),
+                    view.waiting.clone().unwrap_or_else(|| "comparing".into()),
+                ]
+            })
+            .collect();
+        let header = ["GROUP", "COMPARED", "DIFFERING", "RATE", "STATE"].map(String::from);
+        table(&header, &rows);
+    }
     if !status.target_groups.is_empty() || !status.target_problems.is_empty() {
         println!();
         println!("REPLICATED HERE (target side)");
