@@ -216,7 +216,10 @@ fn a_resync_resumes_after_either_gateway_is_killed() {
     ]));
     assert_eq!(started["phase"], "running");
     let text = pair.source.cli_ok(&["status"]);
-    assert!(text.contains("RESYNCS") && text.contains("group-1"), "{text}");
+    assert!(
+        text.contains("RESYNCS") && text.contains("group-1"),
+        "{text}"
+    );
     let twice = pair.source.cli(&["resync", "group-1"]);
     assert!(!twice.status.success());
     assert!(String::from_utf8_lossy(&twice.stderr).contains("already running"));

@@ -308,6 +308,62 @@ mod tests {
         }
     }
 
+    fn marker(sequence: u64, owner: u32, done: bool) -> crate::target::ResyncMarker {
+        crate::target::ResyncMarker {
+            sequence,
+            unix_ms: sequence,
+            done,
+            owner,
+        }
+    }
+
+    #[test]
+    fn a_point_is_inconsistent_while_any_owner_is_open() {
+        let markers = [
+            marker(10, 1, false),
+            marker(20, 2, false),
+            marker(30, 1, true),
+            marker(40, 2, true),
+            marker(50, 2, true), // a done with nothing open: no change
+            marker(60, 3, false),
+            marker(61, 3, false), // open twice: one resync
+            marker(70, 3, true),
+        ];
+        let open = |sequence| resync_open_at(&markers, sequence).map(|m| m.sequence);
+        assert_eq!(open(9), None);
+        assert_eq!(open(10), Some(10));
+        assert_eq!(open(35), Some(20), "disk 1 is done, disk 2 is not");
+        assert_eq!(open(45), None);
+        assert_eq!(open(65), Some(60));
+        assert_eq!(open(70), None);
+        assert_eq!(resyncs_closed_after(&markers, 15), Some(40));
+        assert_eq!(resyncs_closed_after(&markers, 62), Some(70));
+        assert_eq!(resyncs_closed_after(&markers[..6], 62), None);
+    }
+
+    #[test]
+    fn retention_keeps_the_markers_still_open_at_the_oldest_point() {
+        let mut index = GroupIndex::default();
+        index.markers.extend([
+            marker(10, 1, false),
+            marker(20, 1, true),
+            marker(30, 2, false),
+            marker(40, 3, false),
+            marker(50, 3, true),
+        ]);
+        index.undo_records.push_back(UndoRecordSpan {
+            undo: 1,
+            sequence_first: 1,
+            sequence_last: 45,
+        });
+        index.drop_through_undo(1);
+        assert_eq!(index.recoverable_from, 45);
+        // Disk 2's start must stay: points after 45 are still inside it.
+        let kept: Vec<u64> = index.markers.iter().map(|m| m.sequence).collect();
+        assert_eq!(kept, [30, 40, 50]);
+        assert_eq!(resync_open_at(&index.markers, 46).map(|m| m.owner), Some(2));
+    }
+
     #[test]
     fn entries_are_32_bytes() {
         assert_eq!(std::mem::size_of::<IndexEntry>(), 32);
