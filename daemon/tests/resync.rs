@@ -407,3 +407,60 @@ fn a_tap_killed_with_dirty_grains_marks_the_points_of_its_own_resync() {
         "the bookmark before the kill"
     );
 }
+
+#[test]
+fn a_grown_disk_is_resynced_once_the_tap_and_the_target_see_its_size() {
+    let pair = Pair::start("");
+    let mut tap = Tap::start(&pair.source, "disk-1", SIZE, "async");
+    fill(&tap, 41);
+    settle(&pair, &tap);
+    // The primary grows by 16 MiB holding data the tap never saw (an
+    // extended volume's old contents): 8 MiB of it not zero.
+    tap.kill();
+    let grown = SIZE + (16 << 20);
+    {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&tap.primary)
+            .unwrap();
+        file.set_len(grown).unwrap();
+        file.write_all_at(&pseudo_random(42, 8 << 20), SIZE + (4 << 20))
+            .unwrap();
+        file.sync_all().unwrap();
+    }
+    let refused = pair.source.cli(&["resize", "disk-1", "--size", "32M"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("can only grow"));
+
+    let outcome =
+        json(
+            &pair
+                .source
+                .cli_ok(&["resize", "disk-1", "--size", &grown.to_string(), "--json"]),
+        );
+    assert_eq!(outcome["from_bytes"], SIZE);
+    assert_eq!(outcome["resync"]["phase"], "running");
+    // No tap: the resync waits for it, and says so.
+    pair.source.wait_for(
+        "the resync to wait for the tap",
+        Duration::from_secs(20),
+        |status| {
+            status["resyncs"][0]["waiting"]
+                .as_str()
+                .is_some_and(|w| w.contains("tap"))
+        },
+    );
+    tap.spawn();
+    wait_attached(&pair);
+    let done = wait_done(&pair, Duration::from_secs(120));
+    assert_eq!(done["phase"], "done", "{done:#}");
+    assert_eq!(done["compared_bytes"], grown, "{done:#}");
+    assert_eq!(
+        done["differing_bytes"].as_u64().unwrap(),
+        8 << 20,
+        "only the non-zero part of the new space is sent: {done:#}"
+    );
+    settle(&pair, &tap);
+    assert_eq!(pair.target_group()["disks"][0]["size_bytes"], grown);
+    assert_eq!(sha_of(&replica(&pair)), sha_of(&tap.primary));
+}

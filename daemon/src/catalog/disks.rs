@@ -92,6 +92,39 @@ impl Catalog {
         Ok(disk)
     }
 
+    /// Sets a protected disk's size (the caller checked it may); returns
+    /// the disk as it was.
+    pub fn resize_disk(&self, name: &str, size_bytes: u64) -> Result<ProtectedDisk, CatalogError> {
+        let transaction = self
+            .database
+            .begin_write()
+            .map_err(|e| self.database_error(e))?;
+        let before = {
+            let mut disks = transaction
+                .open_table(DISKS)
+                .map_err(|e| self.database_error(e))?;
+            let existing = disks
+                .get(name)
+                .map_err(|e| self.database_error(e))?
+                .map(|value| value.value().to_vec());
+            let Some(bytes) = existing else {
+                return Err(CatalogError::NoSuchDisk { name: name.into() });
+            };
+            let before = self.decode_disk(name, &bytes)?;
+            let after = ProtectedDisk {
+                size_bytes,
+                ..before.clone()
+            };
+            let encoded = serde_json::to_vec(&after).expect("a ProtectedDisk always serialises");
+            disks
+                .insert(name, encoded.as_slice())
+                .map_err(|e| self.database_error(e))?;
+            before
+        };
+        transaction.commit().map_err(|e| self.database_error(e))?;
+        Ok(before)
+    }
+
     pub fn unprotect_disk(&self, name: &str) -> Result<ProtectedDisk, CatalogError> {
         let transaction = self
             .database

@@ -195,6 +195,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let value = super::resync::run(&socket_path(&cli.global)?, request, !no_wait)?;
             emit(json, &value, || print::resync(&value))
         }
+        Command::Resize { disk, size, json } => {
+            let request = Request::Resize {
+                disk,
+                size_bytes: size,
+            };
+            let value = call(&cli.global, request)?;
+            emit(json, &value, || {
+                println!(
+                    "{} grown from {} to {}; restart its tap so it attaches the new size; resync started:",
+                    value["disk"].as_str().unwrap_or_default(),
+                    print::bytes(value["from_bytes"].as_u64().unwrap_or(0)),
+                    print::bytes(value["size_bytes"].as_u64().unwrap_or(0)),
+                );
+                print::resync(&value["resync"]);
+            })
+        }
         Command::Events { json } => {
             let value = call(&cli.global, Request::Events)?;
             emit(json, &value, || print::events(&value))

@@ -247,6 +247,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Grow a protected disk (after growing its primary), then resync it
+    #[command(
+        after_help = "Grow the primary first (lvextend, truncate -s, ...), run this on the source \
+                      appliance, then restart the tap so it attaches the new size. The target grows \
+                      the replica, and a resync of the disk sends what the grown primary holds. \
+                      Shrinking is refused: unprotect the disk and protect it again."
+    )]
+    Resize {
+        /// The disk's name
+        disk: String,
+        /// The new size: bytes, or with a K/M/G/T suffix
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent events: RPO crossings, retention trimmed for space
     Events {
         /// Print JSON instead of text

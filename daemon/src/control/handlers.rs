@@ -104,6 +104,9 @@ pub async fn handle(
         Request::ResyncCancel { group } => {
             crate::resync::cancel(&appliance, &group).map(to_value)?
         }
+        Request::Resize { disk, size_bytes } => {
+            crate::resync::resize(&appliance, &disk, size_bytes).map(to_value)?
+        }
         request => super::recovery::transition(&appliance, request).and_then(to_value),
     })
     .await;

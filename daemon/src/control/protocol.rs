@@ -146,6 +146,11 @@ pub enum Request {
     ResyncCancel {
         group: String,
     },
+    /// Grows a protected disk, then resyncs it (source side).
+    Resize {
+        disk: String,
+        size_bytes: u64,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

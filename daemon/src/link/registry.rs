@@ -172,6 +172,21 @@ impl LinkRegistry {
         });
     }
 
+    /// Ends the peer's current session, if any; it may connect again.
+    pub fn end_session(&self, name: &str) {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(Entry {
+            session: Some((_, cancel)),
+            ..
+        }) = entries.get(name)
+        {
+            cancel.cancel();
+        }
+    }
+
     /// Drops a peer (unpaired): its session, if any, is closed.
     pub fn forget(&self, name: &str) {
         let mut entries = self

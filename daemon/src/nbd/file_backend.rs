@@ -25,8 +25,6 @@ use nix::libc;
 use super::aligned::{AlignedBuffer, DIRECT_ALIGNMENT};
 use super::backend::{BlockBackend, BoxFuture};
 
-/// `_IOR(0x12, 114, size_t)`: size of a block device in bytes.
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 /// `_IO(0x12, 119)`: discard a byte range `[start, length]` of a block device.
 const BLKDISCARD: libc::c_ulong = 0x1277;
 /// Largest write issued when zeroes must be written out by hand.
@@ -56,7 +54,7 @@ impl FileBackend {
         let file_type = buffered.metadata()?.file_type();
         let block_device = file_type.is_block_device();
         let size_bytes = if block_device {
-            block_device_size(&buffered)?
+            crate::fsutil::block_device_size(&buffered)?
         } else if file_type.is_file() {
             buffered.metadata()?.len()
         } else {
@@ -114,17 +112,6 @@ fn open_file(path: &Path, read_only: bool, flags: libc::c_int) -> io::Result<Fil
         .write(!read_only)
         .custom_flags(flags | libc::O_CLOEXEC)
         .open(path)
-}
-
-fn block_device_size(file: &File) -> io::Result<u64> {
-    let mut size_bytes: u64 = 0;
-    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points
-    // to a live, writable u64; the descriptor is open for the whole call.
-    let result = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size_bytes) };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(size_bytes)
 }
 
 fn is_direct_aligned(offset: u64, length: usize) -> bool {

@@ -136,7 +136,7 @@ impl ResyncBoard {
             .collect()
     }
 
-    fn view(&self, group: &str) -> Option<ResyncView> {
+    pub fn view(&self, group: &str) -> Option<ResyncView> {
         lock(&self.running)
             .get(group)
             .map(|running| lock(&running.live).view())
@@ -212,6 +212,82 @@ pub fn start(
     tracing::info!(group, disks = ?record.disks, block_bytes = record.block_bytes,
         fine_bytes = record.fine_bytes, reason = %record.reason, "resync started");
     Ok(launch(appliance, record, options.not_before_unix_ms))
+}
+
+/// Grows a protected disk (`drgw resize`): the catalog takes the new size,
+/// the tap's session is ended (it attaches again with the new size once
+/// restarted on the grown primary), the group is announced again (the
+/// target grows the replica), and a resync of the disk starts: the grown
+/// part of the primary may hold anything, and only a comparison says what.
+/// The resync waits until the tap and the target both see the new size.
+pub fn resize(
+    appliance: &Arc<Appliance>,
+    disk: &str,
+    size_bytes: u64,
+) -> Result<ResizeOutcome, String> {
+    let current = appliance
+        .ingest
+        .disk(disk)
+        .ok_or_else(|| format!("no protected disk {disk} on this appliance"))?;
+    if size_bytes == 0 || size_bytes % 512 != 0 {
+        return Err(format!(
+            "disk size {size_bytes} must be a positive multiple of 512 bytes"
+        ));
+    }
+    if size_bytes < current.size_bytes {
+        return Err(format!(
+            "a protected disk can only grow ({disk} is {} bytes); to shrink it, unprotect it and protect it again",
+            current.size_bytes
+        ));
+    }
+    if size_bytes == current.size_bytes {
+        return Err(format!("{disk} is already {size_bytes} bytes"));
+    }
+    if appliance.resyncs.view(&current.group).is_some() {
+        return Err(format!(
+            "a resync of {} is running: wait for it, or `drgw resync {} --cancel`, then resize",
+            current.group, current.group
+        ));
+    }
+    appliance
+        .catalog
+        .resize_disk(disk, size_bytes)
+        .map_err(|e| e.to_string())?;
+    appliance.refresh_disks().map_err(|e| e.to_string())?;
+    appliance.links.end_session(&current.tap);
+    tracing::info!(
+        disk,
+        from = current.size_bytes,
+        to = size_bytes,
+        "disk grown"
+    );
+    let options = ResyncOptions {
+        disk: Some(disk.to_string()),
+        block_bytes: BLOCK_BYTES_DEFAULT,
+        fine_bytes: FINE_BYTES_DEFAULT,
+        not_before_unix_ms: None,
+        reason: format!(
+            "{disk} grew from {} to {size_bytes} bytes",
+            current.size_bytes
+        ),
+    };
+    let resync = start(appliance, &current.group, options)?;
+    Ok(ResizeOutcome {
+        disk: disk.to_string(),
+        group: current.group,
+        from_bytes: current.size_bytes,
+        size_bytes,
+        resync,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResizeOutcome {
+    pub disk: String,
+    pub group: String,
+    pub from_bytes: u64,
+    pub size_bytes: u64,
+    pub resync: ResyncView,
 }
 
 fn check_sizes(block_bytes: u32, fine_bytes: u32) -> Result<(), String> {
@@ -569,6 +645,7 @@ async fn differ(
         request: appliance.ingest.request_id(),
         group: disk.group_id,
         disk: disk.id,
+        disk_bytes: disk.size_bytes,
         block_bytes: block,
         seed,
         spans,

@@ -565,6 +565,10 @@ impl Forwarder {
                 ),
                 None => format!("no disk {} on this tap", request.disk),
             }),
+            Some(disk) if disk.size_bytes != request.disk_bytes => Err(format!(
+                "the primary of {} is {} bytes on this tap, the gateway says {}: restart the tap once the primary has its new size",
+                disk.name, disk.size_bytes, request.disk_bytes
+            )),
             Some(disk) => tokio::task::spawn_blocking(move || {
                 let (file, direct) = disk.primary.sum_file();
                 let source = crate::sums::SumSource {

@@ -126,6 +126,10 @@ fn open_disks(config: &TapConfig) -> Result<Vec<Arc<TapDisk>>, TapError> {
             size_bytes,
             disk.grain_bytes,
         )?;
+        if let Some(from) = report.grown_from {
+            tracing::info!(disk = %disk.name, from, to = size_bytes,
+                "primary grew: its new part is resynced by the gateway after `drgw resize`");
+        }
         if report.pages_torn > 0 || report.geometry_changed || report.dirty_grains > 0 {
             tracing::warn!(disk = %disk.name, dirty_grains = report.dirty_grains, pages_torn = report.pages_torn,
                 geometry_changed = report.geometry_changed, "dirty regions to resynchronise");

@@ -331,6 +331,12 @@ impl TargetGroup {
             .into_iter()
             .find(|d| d.id == request.disk)
             .ok_or_else(|| format!("group {} has no disk {} here", self.name(), request.disk))?;
+        if disk.size_bytes != request.disk_bytes {
+            return Err(format!(
+                "the replica of {} is {} bytes here, the source says {} (a resize reaches the target with the group's next announcement)",
+                disk.name, disk.size_bytes, request.disk_bytes
+            ));
+        }
         let (file, direct) = crate::sums::open_for_sums(&disk.path)
             .map_err(|e| format!("{}: {e}", disk.path.display()))?;
         let source = crate::sums::SumSource {
@@ -401,8 +407,15 @@ impl TargetGroup {
         state.store(&self.directory)?;
         let mut replicas = self.replicas.write().unwrap_or_else(|p| p.into_inner());
         for disk in &state.disks {
-            if let std::collections::btree_map::Entry::Vacant(slot) = replicas.entry(disk.id) {
-                slot.insert(Arc::new(open_replica(disk)?));
+            match replicas.entry(disk.id) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(Arc::new(open_replica(disk)?));
+                }
+                // Grown: a file is extended (sparse); a block device must
+                // already be large enough.
+                std::collections::btree_map::Entry::Occupied(file) => {
+                    grow_replica(file.get(), disk)?;
+                }
             }
         }
         Ok(())
@@ -1096,11 +1109,16 @@ fn merge_disks(
 ) -> Result<(), TargetError> {
     for disk in &info.disks {
         match state.disks.iter_mut().find(|d| d.id == disk.disk) {
-            Some(known) if known.size_bytes != disk.size_bytes => {
+            Some(known) if known.size_bytes > disk.size_bytes => {
                 return Err(TargetError::Protocol(format!(
-                    "disk {} changed size from {} to {} bytes: resize needs a resync (not supported yet)",
+                    "disk {} shrank from {} to {} bytes: a protected disk can only grow (unprotect it and protect it again)",
                     disk.name, known.size_bytes, disk.size_bytes
                 )));
+            }
+            Some(known) if known.size_bytes < disk.size_bytes => {
+                tracing::info!(disk = %disk.name, from = known.size_bytes, to = disk.size_bytes, "replica grows");
+                known.size_bytes = disk.size_bytes;
+                known.name = disk.name.clone();
             }
             Some(known) => known.name = disk.name.clone(),
             None => state.disks.push(ReplicaDisk {
@@ -1110,6 +1128,30 @@ fn merge_disks(
                 path: directory.join(format!("disk-{}.img", disk.disk)),
             }),
         }
+    }
+    Ok(())
+}
+
+fn grow_replica(file: &File, disk: &ReplicaDisk) -> Result<(), TargetError> {
+    let metadata = file
+        .metadata()
+        .map_err(|e| TargetError::io(&disk.path, e))?;
+    if metadata.file_type().is_file() {
+        if metadata.len() < disk.size_bytes {
+            file.set_len(disk.size_bytes)
+                .map_err(|e| TargetError::io(&disk.path, e))?;
+        }
+        return Ok(());
+    }
+    let size =
+        crate::fsutil::block_device_size(file).map_err(|e| TargetError::io(&disk.path, e))?;
+    if size < disk.size_bytes {
+        return Err(TargetError::Protocol(format!(
+            "{} is {size} bytes, smaller than disk {} ({} bytes): grow the replica device first",
+            disk.path.display(),
+            disk.name,
+            disk.size_bytes
+        )));
     }
     Ok(())
 }

@@ -140,6 +140,7 @@ pub(crate) fn samples() -> Vec<Frame> {
             request: 7,
             group: 3,
             disk: 1,
+            disk_bytes: 8 << 30,
             block_bytes: 65536,
             seed: 0x1234_5678_9abc_def0,
             spans: vec![
@@ -677,6 +678,7 @@ fn resync_frames_refuse_what_they_cannot_mean() {
             request: 1,
             group: 0,
             disk: 0,
+            disk_bytes: 1 << 30,
             block_bytes,
             seed: 0,
             spans,
@@ -741,7 +743,7 @@ fn resync_frames_refuse_what_they_cannot_mean() {
     // The decoder refuses the same body: a valid one with the block size
     // changed in place.
     let mut body = encoded(&request(4096, vec![span(0, 1)]))[HEADER_BYTES..].to_vec();
-    body[16..20].copy_from_slice(&3000u32.to_le_bytes());
+    body[24..28].copy_from_slice(&3000u32.to_le_bytes());
     assert!(matches!(
         decode_all(&frame_with_body(FrameKind::SumRequest.code(), &body)),
         Err(DecodeError::Invalid {

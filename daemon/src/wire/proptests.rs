@@ -169,6 +169,7 @@ pub(crate) fn frame() -> impl Strategy<Value = Frame> {
                     request,
                     group: 0,
                     disk,
+                    disk_bytes: at,
                     block_bytes,
                     seed,
                     spans,

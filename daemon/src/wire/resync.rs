@@ -27,6 +27,9 @@ pub struct SumRequest {
     pub request: u64,
     pub group: u32,
     pub disk: u32,
+    /// The disk's size as the asker knows it: an answerer whose disk has
+    /// another size refuses (a resize not seen on both sides yet).
+    pub disk_bytes: u64,
     pub block_bytes: u32,
     pub seed: u64,
     pub spans: Vec<SumSpan>,
@@ -159,7 +162,7 @@ fn decode_problem((field, reason): Problem) -> DecodeError {
 }
 
 pub(crate) fn sum_request_bytes(request: &SumRequest) -> usize {
-    32usize.saturating_add(request.spans.len().saturating_mul(12))
+    40usize.saturating_add(request.spans.len().saturating_mul(12))
 }
 
 pub(crate) fn sums_bytes(sums: &Sums) -> usize {
@@ -177,6 +180,7 @@ pub(crate) fn put_sum_request(request: &SumRequest, out: &mut Vec<u8>) -> Result
     out.extend_from_slice(&request.request.to_le_bytes());
     out.extend_from_slice(&request.group.to_le_bytes());
     out.extend_from_slice(&request.disk.to_le_bytes());
+    out.extend_from_slice(&request.disk_bytes.to_le_bytes());
     out.extend_from_slice(&request.block_bytes.to_le_bytes());
     out.extend_from_slice(&request.seed.to_le_bytes());
     out.extend_from_slice(&(request.spans.len() as u32).to_le_bytes());
@@ -241,6 +245,7 @@ pub(crate) fn read_sum_request(reader: &mut Reader<'_>) -> Result<SumRequest, De
     let request = reader.u64("sum_request.request")?;
     let group = reader.u32("sum_request.group")?;
     let disk = reader.u32("sum_request.disk")?;
+    let disk_bytes = reader.u64("sum_request.disk_bytes")?;
     let block_bytes = reader.u32("sum_request.block_bytes")?;
     let seed = reader.u64("sum_request.seed")?;
     let spans_count = count(reader, "sum_request.spans", 12, SUM_BLOCKS_MAX as usize)?;
@@ -255,6 +260,7 @@ pub(crate) fn read_sum_request(reader: &mut Reader<'_>) -> Result<SumRequest, De
         request,
         group,
         disk,
+        disk_bytes,
         block_bytes,
         seed,
         spans,

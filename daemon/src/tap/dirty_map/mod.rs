@@ -40,7 +40,13 @@ pub struct OpenReport {
     /// Pages whose checksum failed, taken as all dirty.
     pub pages_torn: u64,
     /// The disk size or grain changed since the map was written: all dirty.
+    /// (Not for a disk that grew: see `grown_from`.)
     pub geometry_changed: bool,
+    /// The disk grew from this size since the map was written: the old
+    /// bits are kept, the new grains start clean (the gateway's resync after
+    /// `drgw resize` compares the grown part; sending it all from here
+    /// would stage every byte of it, zeros included).
+    pub grown_from: Option<u64>,
     pub dirty_grains: u64,
 }
 
@@ -137,7 +143,7 @@ impl DirtyMap {
         if existed {
             map.load(&mut report)?;
         }
-        if !existed || report.geometry_changed {
+        if !existed || report.geometry_changed || report.grown_from.is_some() {
             map.rewrite_all()?;
         }
         report.dirty_grains = map.dirty_grains();
@@ -169,15 +175,20 @@ impl DirtyMap {
         let size = u64::from_le_bytes(header[20..28].try_into().expect("8 bytes"));
         if stored != crc32c::crc32c(&header[..28])
             || grain != self.grain_bytes
-            || size != self.disk_bytes
+            || size > self.disk_bytes
         {
             report.geometry_changed = true;
             self.set_all();
             return Ok(());
         }
+        if size < self.disk_bytes {
+            report.grown_from = Some(size);
+        }
+        // A grown disk's map has the old pages only; the rest stays clean.
+        let pages_stored = page_count(size.div_ceil(grain));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut page = vec![0u8; BLOCK_BYTES];
-        for index in 0..state.pages_unwritten.len() {
+        for index in 0..pages_stored.min(state.pages_unwritten.len()) {
             let offset = (BLOCK_BYTES * (index + 1)) as u64;
             page.fill(0);
             let got = self.file.read_at(&mut page, offset).map_err(io_error)?;

@@ -55,16 +55,45 @@ fn torn_page_is_taken_as_all_dirty() {
 }
 
 #[test]
-fn geometry_change_makes_everything_dirty() {
+fn a_shrunk_disk_or_another_grain_makes_everything_dirty() {
     let directory = tempfile::tempdir().unwrap();
     {
-        let (map, _) = map_at(&directory, 1 << 20);
+        let (map, _) = map_at(&directory, 2 << 20);
         map.mark(0, 1).unwrap();
     }
-    let (map, report) = map_at(&directory, 2 << 20);
+    let (map, report) = map_at(&directory, 1 << 20);
     assert!(report.geometry_changed);
-    assert_eq!(map.dirty_grains(), 32);
-    assert_eq!(map.dirty_ranges(), vec![(0, 2 << 20)]);
+    assert_eq!(map.dirty_grains(), 16);
+    assert_eq!(map.dirty_ranges(), vec![(0, 1 << 20)]);
+    drop(map);
+    let (map, report) =
+        DirtyMap::open(&directory.path().join("disk.map"), 1 << 20, GRAIN * 2).unwrap();
+    assert!(report.geometry_changed);
+    assert_eq!(map.dirty_grains(), 8);
+}
+
+#[test]
+fn a_grown_disk_keeps_its_bits_and_starts_the_new_part_clean() {
+    let directory = tempfile::tempdir().unwrap();
+    // Grown across page boundaries: 4 KiB pages hold 32,736 grain bits.
+    let old = GRAIN * 40_000;
+    {
+        let (map, _) = map_at(&directory, old);
+        map.mark(0, 1).unwrap();
+        map.mark(GRAIN * 39_999, 1).unwrap();
+    }
+    let (map, report) = map_at(&directory, old * 3);
+    assert!(!report.geometry_changed);
+    assert_eq!(report.grown_from, Some(old));
+    assert_eq!(
+        map.dirty_ranges(),
+        vec![(0, GRAIN), (GRAIN * 39_999, GRAIN)]
+    );
+    drop(map);
+    // The map was rewritten for the new size: reopening changes nothing.
+    let (map, report) = map_at(&directory, old * 3);
+    assert_eq!(report.grown_from, None);
+    assert_eq!(map.dirty_grains(), 2);
 }
 
 #[test]
