@@ -44,6 +44,22 @@ pub fn create_private_dir(path: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
+/// `_IOR(0x12, 114, size_t)`: size of a block device in bytes.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+/// The size of the block device open as `file`.
+pub fn block_device_size(file: &File) -> io::Result<u64> {
+    use std::os::unix::io::AsRawFd;
+    let mut size_bytes: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points
+    // to a live, writable u64; the descriptor is open for the whole call.
+    let result = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size_bytes) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,20 +91,4 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("occupied")]);
     }
-}
-
-/// `_IOR(0x12, 114, size_t)`: size of a block device in bytes.
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-
-/// The size of the block device open as `file`.
-pub fn block_device_size(file: &File) -> io::Result<u64> {
-    use std::os::unix::io::AsRawFd;
-    let mut size_bytes: u64 = 0;
-    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points
-    // to a live, writable u64; the descriptor is open for the whole call.
-    let result = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size_bytes) };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(size_bytes)
 }
