@@ -130,26 +130,13 @@ impl SourceSide {
         let routes = acks.clone();
         tokio::spawn(async move {
             let mut running: HashMap<u32, CancellationToken> = HashMap::new();
-            // What each running shipper announced: when a group's disks
-            // change (one added, one grown), its shipper starts again and
-            // announces the new list (GROUP) before shipping on.
-            let mut announced: HashMap<u32, Vec<(String, u64)>> = HashMap::new();
             let retry_at: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
             loop {
                 let groups = groups_for(&appliance, &peer);
                 for (id, disks) in &groups {
-                    let signature: Vec<(String, u64)> = disks
-                        .iter()
-                        .map(|d| (d.name.clone(), d.size_bytes))
-                        .collect();
-                    if let Some(token) = running.get(id) {
-                        if announced.get(id) != Some(&signature) {
-                            tracing::info!(group = %disks[0].group, "the group's disks changed: announcing them again");
-                            token.cancel();
-                        }
+                    if running.contains_key(id) {
                         continue;
                     }
-                    announced.insert(*id, signature);
                     let waiting = retry_at
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
