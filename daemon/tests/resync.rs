@@ -464,3 +464,38 @@ fn a_grown_disk_is_resynced_once_the_tap_and_the_target_see_its_size() {
     assert_eq!(pair.target_group()["disks"][0]["size_bytes"], grown);
     assert_eq!(sha_of(&replica(&pair)), sha_of(&tap.primary));
 }
+
+#[test]
+fn a_lost_staging_stops_shipping_instead_of_skipping_writes() {
+    let mut pair = Pair::start("");
+    let mut tap = Tap::start(&pair.source, "disk-1", SIZE, "async");
+    fill(&tap, 51);
+    settle(&pair, &tap);
+    let held = pair.target_group()["received_through"].as_u64().unwrap();
+    // The cache volume is replaced: the group's staging is gone.
+    tap.kill();
+    pair.source.terminate();
+    let staging = pair
+        .source
+        .state_dir()
+        .parent()
+        .unwrap()
+        .join(format!("cache/staging/group-{}", tap.group_id));
+    assert!(staging.is_dir(), "{}", staging.display());
+    fs::remove_dir_all(&staging).unwrap();
+    pair.source.spawn();
+    tap.spawn();
+    wait_attached(&pair);
+    fill(&tap, 52);
+    pair.source.wait_for(
+        "the gap to be reported",
+        Duration::from_secs(30),
+        |status| {
+            status["shipping"][0]["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("staging was lost"))
+        },
+    );
+    // Nothing was shipped past what the target held: no write skipped.
+    assert_eq!(pair.target_group()["received_through"], held);
+}

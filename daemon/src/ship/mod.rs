@@ -171,7 +171,7 @@ impl SourceSide {
                         if let Err(error) = result {
                             // This group alone stops; the link and other groups go on.
                             let wait = match error {
-                                ShipError::Refused => REFUSED_RETRY,
+                                ShipError::Refused | ShipError::Gap { .. } => REFUSED_RETRY,
                                 _ => Duration::from_secs(1),
                             };
                             tracing::warn!(group = %name, %error, retry_in_s = wait.as_secs(), "shipping of the group stopped");
@@ -268,6 +268,8 @@ enum ShipError {
     Closed,
     #[error("the target refused the group (failed over there, or its journal there is unusable: see `drgw status` on the target)")]
     Refused,
+    #[error("the target holds this group through sequence {held}, but staging here ends at {staged}: the group's staging was lost or replaced, and shipping would skip the writes staged since; nothing is shipped. Restore the cache volume, or unprotect the group's disks and protect them again (a full copy)")]
+    Gap { held: u64, staged: u64 },
 }
 
 /// Batches compressed ahead of the link.
@@ -397,8 +399,16 @@ impl GroupShipper {
         if resume == crate::wire::GROUP_REFUSED {
             return Err(ShipError::Refused);
         }
-        tracing::info!(group = %self.group, peer = %self.peer, resume_after = resume, "shipping");
         let durable = log.usage().sequence_last_durable;
+        if resume > durable {
+            // Sequences here restarted below what the target holds: shipping
+            // from `resume + 1` would skip every write staged since.
+            return Err(ShipError::Gap {
+                held: resume,
+                staged: durable,
+            });
+        }
+        tracing::info!(group = %self.group, peer = %self.peer, resume_after = resume, "shipping");
         if resume > 0 {
             log.release_through(resume.min(durable))?;
         }
