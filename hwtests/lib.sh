@@ -1,14 +1,16 @@
-# Helpers shared by the hardware tests. Source it; needs DRGW_BIN.
-# Every resource a test makes is registered for removal at exit.
+# Helpers shared by the hardware tests (and scripts/bench/resync.sh). Source
+# it; needs DRGW_BIN. Every resource a test makes is registered for removal
+# at exit. The work directory is made under HWTEST_DIR (default /tmp).
 
-work=$(mktemp -d /tmp/drgw-hwtest.XXXXXX)
+work=$(mktemp -d "${HWTEST_DIR:-/tmp}/drgw-hwtest.XXXXXX")
 cleanups=()
 cleanup() {
   local index
   for ((index = ${#cleanups[@]} - 1; index >= 0; index--)); do
     eval "${cleanups[$index]}" >/dev/null 2>&1 || true
   done
-  rm -rf "$work"
+  # A process killed above may still be closing its files: try again once.
+  rm -rf "$work" 2>/dev/null || { sleep 1; rm -rf "$work"; }
 }
 trap cleanup EXIT
 on_exit() { cleanups+=("$1"); }
@@ -96,6 +98,25 @@ wait_until() {
     ((SECONDS < deadline)) || fail "waited ${limit}s for: $what"
     sleep 0.1
   done
+}
+
+# veth_sites NS_A NS_B DEVICE_A DEVICE_B: two network namespaces joined by a
+# veth pair, DEVICE_A at 192.0.2.1/24 in NS_A and DEVICE_B at 192.0.2.2/24
+# in NS_B (documentation addresses that exist only inside them), loopback
+# up in both; removed at exit (with every process still in them killed
+# first by the cleanups registered after this one).
+veth_sites() {
+  local ns_a=$1 ns_b=$2 device_a=$3 device_b=$4 ns
+  ip netns add "$ns_a"; on_exit "ip netns del $ns_a"
+  ip netns add "$ns_b"; on_exit "ip netns del $ns_b"
+  ip link add "$device_a" type veth peer name "$device_b"
+  ip link set "$device_a" netns "$ns_a"
+  ip link set "$device_b" netns "$ns_b"
+  ip -n "$ns_a" addr add 192.0.2.1/24 dev "$device_a"
+  ip -n "$ns_b" addr add 192.0.2.2/24 dev "$device_b"
+  for ns in "$ns_a" "$ns_b"; do ip -n "$ns" link set lo up; done
+  ip -n "$ns_a" link set "$device_a" up
+  ip -n "$ns_b" link set "$device_b" up
 }
 
 # link_state NAME PEER: the state of the link to PEER as NAME sees it
@@ -212,16 +233,19 @@ CONFIG
     python3 -c 'import json, sys; print(json.load(sys.stdin)["group_id"])' >"$root/group-id"
 }
 
-# start_tap NAME: (re)starts the tap; waits until it listens for NBD. Its log
-# is $work/NAME/drgw.log (so `fail` shows it); one cleanup kills it at exit.
+# start_tap NAME [NETNS]: (re)starts the tap (in network namespace NETNS if
+# given); waits until it listens for NBD. Its log is $work/NAME/drgw.log (so
+# `fail` shows it); one cleanup kills it at exit.
 start_tap() {
-  local name=$1 root="$work/$1" port
+  local name=$1 netns=${2:-} root="$work/$1" port
+  local in_netns=()
+  [ -z "$netns" ] || in_netns=(ip netns exec "$netns")
   port=$(cat "$root/nbd-port")
   [ -f "$root/respawn-cleanup" ] || { on_exit "signal_pidfile $root/pid KILL"; touch "$root/respawn-cleanup"; }
-  "$DRGW_BIN" --config "$root/tap.toml" tap 2>>"$root/drgw.log" &
+  "${in_netns[@]}" "$DRGW_BIN" --config "$root/tap.toml" tap 2>>"$root/drgw.log" &
   echo $! >"$root/pid"
   for _ in $(seq 150); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    "${in_netns[@]}" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && return 0
     kill -0 "$(cat "$root/pid")" 2>/dev/null || fail "tap $name exited at startup"
     sleep 0.1
   done

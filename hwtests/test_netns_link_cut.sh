@@ -7,16 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 ns_a=drgw-a-$$ ns_b=drgw-b-$$
-ip netns add "$ns_a"; on_exit "ip netns del $ns_a"
-ip netns add "$ns_b"; on_exit "ip netns del $ns_b"
-ip link add "va$$" type veth peer name "vb$$"
-ip link set "va$$" netns "$ns_a"
-ip link set "vb$$" netns "$ns_b"
-ip -n "$ns_a" addr add 192.0.2.1/24 dev "va$$"
-ip -n "$ns_b" addr add 192.0.2.2/24 dev "vb$$"
-for ns in "$ns_a" "$ns_b"; do ip -n "$ns" link set lo up; done
-ip -n "$ns_a" link set "va$$" up
-ip -n "$ns_b" link set "vb$$" up
+veth_sites "$ns_a" "$ns_b" "va$$" "vb$$"
 
 write_config site-a 192.0.2.1 9443
 write_config site-b 192.0.2.2 9443

@@ -31,38 +31,94 @@ pub fn block_sum(data: &[u8], seed: u64) -> u128 {
     xxhash_rust::xxh3::xxh3_128_with_seed(data, seed)
 }
 
-/// One read: `length` bytes at `offset`, part of block `block` (an index
-/// into the answer); `last` when it ends the block.
+/// One read: `length` bytes at `offset`, holding blocks `block..=last_block`
+/// (indices into the answer): whole blocks that follow each other on the
+/// disk, or one piece of a block larger than a read.
 struct Piece {
     block: usize,
+    last_block: usize,
     offset: u64,
     length: u64,
-    last: bool,
 }
 
-fn plan(size_bytes: u64, block_bytes: u32, spans: &[SumSpan]) -> (usize, Vec<Piece>) {
+/// The bytes `start..end` of every block of `spans`, in order, clipped to
+/// the disk (`start == end` for a block wholly past its end).
+fn block_ranges(size_bytes: u64, block_bytes: u32, spans: &[SumSpan]) -> Vec<(u64, u64)> {
     let block_bytes = u64::from(block_bytes);
-    let mut pieces = Vec::new();
-    let mut block = 0usize;
-    for span in spans {
-        for index in 0..u64::from(span.blocks) {
-            let start = span.offset + index * block_bytes;
-            let end = (start + block_bytes).min(size_bytes);
-            let mut at = start;
-            while at < end {
-                let length = (end - at).min(READ_BYTES);
-                pieces.push(Piece {
-                    block,
+    spans
+        .iter()
+        .flat_map(|span| {
+            (0..u64::from(span.blocks)).map(move |index| {
+                let start = (span.offset + index * block_bytes).min(size_bytes);
+                (start, (start + block_bytes).min(size_bytes))
+            })
+        })
+        .collect()
+}
+
+/// The reads for `blocks`: consecutive blocks that follow each other on the
+/// disk share reads of up to `READ_BYTES` (16 blocks of 64 KiB a read, not
+/// 16 reads: a round of reads costs its slowest read, whatever its size);
+/// a block larger than a read takes several.
+fn plan(blocks: &[(u64, u64)]) -> Vec<Piece> {
+    let mut pieces: Vec<Piece> = Vec::new();
+    for (index, &(start, end)) in blocks.iter().enumerate() {
+        let mut at = start;
+        while at < end {
+            let length = (end - at).min(READ_BYTES);
+            match pieces.last_mut() {
+                Some(last)
+                    if at == start
+                        && last.last_block + 1 == index
+                        && last.offset + last.length == start
+                        && last.length + length <= READ_BYTES =>
+                {
+                    last.last_block = index;
+                    last.length += length;
+                }
+                _ => pieces.push(Piece {
+                    block: index,
+                    last_block: index,
                     offset: at,
                     length,
-                    last: at + length == end,
-                });
-                at += length;
+                }),
             }
-            block += 1;
+            at += length;
         }
     }
-    (block, pieces)
+    pieces
+}
+
+/// Feeds the bytes `data` read for `piece` to the hashers of its blocks,
+/// and finishes the sum of each block whose last byte it holds.
+fn absorb(
+    piece: &Piece,
+    data: &[u8],
+    blocks: &[(u64, u64)],
+    hashers: &mut [Option<Xxh3>],
+    sums: &mut [u128],
+    seed: u64,
+) {
+    debug_assert_eq!(data.len() as u64, piece.length);
+    let piece_end = piece.offset + piece.length;
+    let (mut block, mut at) = (piece.block, piece.offset);
+    while at < piece_end {
+        let (start, end) = blocks[block];
+        assert!(
+            start <= at && at < end && block <= piece.last_block,
+            "a read holds only its own blocks"
+        );
+        let upto = end.min(piece_end);
+        let bytes = &data[(at - piece.offset) as usize..(upto - piece.offset) as usize];
+        hashers[block]
+            .get_or_insert_with(|| Xxh3::with_seed(seed))
+            .update(bytes);
+        if upto == end {
+            sums[block] = hashers[block].take().expect("updated above").digest128();
+            block += 1;
+        }
+        at = upto;
+    }
 }
 
 /// The sums of every block of `spans`, in order. `round` is called before
@@ -75,10 +131,11 @@ pub fn sums<G>(
     spans: &[SumSpan],
     mut round: impl FnMut() -> G,
 ) -> io::Result<Vec<u128>> {
-    let (blocks, pieces) = plan(source.size_bytes, block_bytes, spans);
-    let mut hashers: Vec<Option<Xxh3>> = (0..blocks).map(|_| None).collect();
+    let blocks = block_ranges(source.size_bytes, block_bytes, spans);
+    let pieces = plan(&blocks);
+    let mut hashers: Vec<Option<Xxh3>> = (0..blocks.len()).map(|_| None).collect();
     // A block wholly past the end of the disk gets no piece: the sum of nothing.
-    let mut sums = vec![block_sum(&[], seed); blocks];
+    let mut sums = vec![block_sum(&[], seed); blocks.len()];
     let mut ring = IoUring::new(DEPTH as u32).ok();
     let mut buffers: Vec<AlignedBuffer> = (0..DEPTH.min(pieces.len()))
         .map(|_| AlignedBuffer::zeroed(READ_BYTES as usize))
@@ -104,14 +161,8 @@ pub fn sums<G>(
                     ),
                 ));
             }
-            let hasher = hashers[piece.block].get_or_insert_with(|| Xxh3::with_seed(seed));
-            hasher.update(&buffer.as_slice()[..piece.length as usize]);
-            if piece.last {
-                sums[piece.block] = hashers[piece.block]
-                    .take()
-                    .expect("inserted above")
-                    .digest128();
-            }
+            let data = &buffer.as_slice()[..piece.length as usize];
+            absorb(piece, data, &blocks, &mut hashers, &mut sums, seed);
         }
     }
     Ok(sums)
@@ -206,9 +257,9 @@ fn read_round(
         }
         let rest = Piece {
             block: piece.block,
+            last_block: piece.last_block,
             offset: piece.offset + got as u64,
             length: piece.length - got as u64,
-            last: piece.last,
         };
         let mut tail =
             AlignedBuffer::zeroed((rest.length as usize).next_multiple_of(DIRECT_ALIGNMENT));
@@ -290,6 +341,84 @@ mod tests {
                 assert!(rounds >= 1);
             }
         }
+    }
+
+    #[test]
+    fn contiguous_blocks_share_reads_of_a_mebibyte() {
+        // The default grain: 2048 blocks of 64 KiB are 128 reads, not 2048.
+        let spans = [SumSpan {
+            offset: 128 << 20,
+            blocks: 2048,
+        }];
+        let pieces = plan(&block_ranges(1 << 30, 65536, &spans));
+        assert_eq!(pieces.len(), 128);
+        assert!(pieces
+            .iter()
+            .all(|p| p.length == READ_BYTES && p.last_block - p.block == 15));
+        // Fine blocks of differing coarse blocks: one read per coarse block
+        // unless they touch; a block past the end stops the run.
+        let spans = [
+            SumSpan {
+                offset: 0,
+                blocks: 16,
+            },
+            SumSpan {
+                offset: 65536,
+                blocks: 16,
+            },
+            SumSpan {
+                offset: 1 << 20,
+                blocks: 16,
+            },
+        ];
+        let pieces = plan(&block_ranges(u64::MAX, 4096, &spans));
+        let reads: Vec<(u64, u64, usize, usize)> = pieces
+            .iter()
+            .map(|p| (p.offset, p.length, p.block, p.last_block))
+            .collect();
+        assert_eq!(reads, vec![(0, 131072, 0, 31), (1 << 20, 65536, 32, 47)]);
+        let ranges = block_ranges(
+            8192 + 100,
+            4096,
+            &[SumSpan {
+                offset: 0,
+                blocks: 4,
+            }],
+        );
+        assert_eq!(
+            ranges,
+            vec![(0, 4096), (4096, 8192), (8192, 8292), (8292, 8292)]
+        );
+        assert_eq!(plan(&ranges).len(), 1);
+    }
+
+    #[test]
+    fn sums_hold_for_spans_in_any_order_or_overlapping() {
+        let directory = tempfile::tempdir().unwrap();
+        let size = 3 << 20;
+        let (path, data) = disk(&directory, size);
+        let file = File::open(&path).unwrap();
+        let source = SumSource {
+            file: &file,
+            direct: false,
+            size_bytes: size as u64,
+        };
+        let at = |offset: u64, blocks: u32| SumSpan { offset, blocks };
+        // Adjacent, repeated, backwards, past the end and back: each block
+        // is summed alone, whatever its neighbours in the request.
+        let spans = [
+            at(65536, 3),
+            at(0, 2),
+            at(0, 1),
+            at((3 << 20) - 65536, 2),
+            at(131072, 20),
+        ];
+        let expected: Vec<u128> = block_ranges(size as u64, 65536, &spans)
+            .iter()
+            .map(|&(start, end)| block_sum(&data[start as usize..end as usize], 9))
+            .collect();
+        assert_eq!(expected.len(), 28);
+        assert_eq!(sums(&source, 65536, 9, &spans, || ()).unwrap(), expected);
     }
 
     #[test]

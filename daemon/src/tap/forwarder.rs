@@ -618,21 +618,38 @@ impl Forwarder {
             return;
         };
         let chunk_max = self.batch_bytes_max.max(4096) as u64;
-        for range in &resync.ranges {
-            let end = range.offset + u64::from(range.length);
-            let mut position = range.offset;
+        // One durable dirty-map write for the frame, not one per range (a
+        // 4 KiB block in a grain of its own, mostly: an fdatasync each was
+        // most of a resync's time). Grains marked here that are then not
+        // forwarded (the link went) are handed to the lost pass below.
+        let ranges: Vec<(u64, u64)> = resync
+            .ranges
+            .iter()
+            .map(|r| (r.offset, u64::from(r.length)))
+            .collect();
+        let (tracker, marking) = (disk.tracker.clone(), ranges.clone());
+        // A failure here is met again, and handled, by each range's own mark.
+        let _ = tokio::task::spawn_blocking(move || tracker.mark_ranges(&marking)).await;
+        for (index, &(offset, length)) in ranges.iter().enumerate() {
+            let end = offset + length;
+            let mut position = offset;
             while position < end {
                 if cancel.is_cancelled() {
+                    disk.tracker.dropped(position, end - position);
+                    for &(rest_offset, rest_length) in &ranges[index + 1..] {
+                        disk.tracker.dropped(rest_offset, rest_length);
+                    }
+                    self.lost.notify_one();
                     return;
                 }
-                let length = chunk_max.min(end - position);
+                let piece = chunk_max.min(end - position);
                 if !self
-                    .forward_from_primary(resync.disk, &disk, position, length)
+                    .forward_from_primary(resync.disk, &disk, position, piece)
                     .await
                 {
                     self.lost.notify_one();
                 }
-                position += length;
+                position += piece;
             }
         }
         self.counters

@@ -278,17 +278,25 @@ impl DirtyMap {
     /// bits are on disk. Bits already durable cost nothing; concurrent marks
     /// share one page write per page and one `fdatasync` (group commit).
     pub fn mark(&self, offset: u64, length: u64) -> Result<(), DirtyMapError> {
+        self.mark_ranges(&[(offset, length)])
+    }
+
+    /// `mark` for several ranges `(offset, length)` at once: one page write
+    /// per page and one `fdatasync` for all of them.
+    pub fn mark_ranges(&self, ranges: &[(u64, u64)]) -> Result<(), DirtyMapError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut needed = false;
-        for grain in self.grain_range(offset, length) {
-            let (byte, mask) = ((grain / 8) as usize, 1u8 << (grain % 8));
-            let page = byte / PAGE_BITMAP_BYTES;
-            if state.bits[byte] & mask == 0 {
-                state.bits[byte] |= mask;
-                state.pages_marking.insert(page);
-                needed = true;
-            } else if state.pages_marking.contains(&page) {
-                needed = true; // set by another mark, not yet durable
+        for &(offset, length) in ranges {
+            for grain in self.grain_range(offset, length) {
+                let (byte, mask) = ((grain / 8) as usize, 1u8 << (grain % 8));
+                let page = byte / PAGE_BITMAP_BYTES;
+                if state.bits[byte] & mask == 0 {
+                    state.bits[byte] |= mask;
+                    state.pages_marking.insert(page);
+                    needed = true;
+                } else if state.pages_marking.contains(&page) {
+                    needed = true; // set by another mark, not yet durable
+                }
             }
         }
         if !needed {

@@ -154,3 +154,29 @@ fn concurrent_marks_share_durable_writes() {
         "every acknowledged mark is on disk"
     );
 }
+
+#[test]
+fn ranges_marked_together_take_one_durable_write() {
+    let directory = tempfile::tempdir().unwrap();
+    // 4 GiB: two pages of bits; blocks of a resync scattered over both.
+    let ranges: Vec<(u64, u64)> = (0..300u64)
+        .map(|i| (i * 211 * GRAIN + 4096, 4096))
+        .collect();
+    {
+        let (map, _) = map_at(&directory, 4 << 30);
+        map.mark_ranges(&ranges).unwrap();
+        let state = map.state.lock().unwrap();
+        assert_eq!(state.generation_durable, 1, "one write for all the ranges");
+        drop(state);
+        assert!(ranges.iter().all(|&(o, l)| map.is_durably_marked(o, l)));
+        map.mark_ranges(&ranges).unwrap();
+        assert_eq!(
+            map.state.lock().unwrap().generation_durable,
+            1,
+            "durable bits cost nothing"
+        );
+    }
+    let (map, report) = map_at(&directory, 4 << 30);
+    assert_eq!(report.dirty_grains, 300);
+    assert!(ranges.iter().all(|&(o, l)| map.is_durably_marked(o, l)));
+}
