@@ -141,9 +141,13 @@ fn a_cut_link_resumes_from_the_last_ack() {
 
 #[test]
 fn the_retention_cap_trims_the_oldest_points_with_an_event() {
-    // 256 MiB of journal; each pass below overwrites 64 MiB of data, whose
-    // old contents (random, incompressible) go to the undo log.
-    let pair = Pair::start("cap_bytes = 268435456");
+    // 320 MiB of journal; each pass below overwrites 64 MiB of data, whose
+    // old contents (random, incompressible) go to the undo log. Nine passes
+    // hold 512 MiB of undo, so the oldest points must go; 320 MiB leaves room
+    // for the two newest points even when a loaded machine's applier still
+    // holds two passes of redo when the cap is enforced (seen in CI with
+    // 256 MiB: only the newest point was left).
+    let pair = Pair::start("cap_bytes = 335544320");
     let size: u64 = 64 << 20;
     let tap = TwoDiskTap::start(&pair.source, size);
     let work = tempfile::tempdir().unwrap();
@@ -165,7 +169,7 @@ fn the_retention_cap_trims_the_oldest_points_with_an_event() {
     }
     let group = pair.target_group();
     let journal = group["journal_bytes"].as_u64().unwrap();
-    assert!(journal <= 256 << 20, "{group:#}");
+    assert!(journal <= 320 << 20, "{group:#}");
     let events: serde_json::Value =
         serde_json::from_str(&pair.target.cli_ok(&["events", "--json"])).unwrap();
     assert!(
