@@ -400,8 +400,14 @@ fn failover_cancel_and_commit_survive_a_kill() {
         replica.display()
     );
     assert_eq!(export_sha(&a, scratch.path()), sha256_hex(&expected));
+    // The change map (what reprotect sends back): the failover's 3 MiB
+    // (nothing was rolled back: the point was the latest), then every
+    // write since the commit.
+    assert_eq!(changed_bytes(&pair, "disk-a"), 3 << 20);
+    assert_eq!(changed_bytes(&pair, "disk-b"), 0);
     qemu_io(&a, "write -P 0x43 0 4k");
     qemu_io(&a, "read -P 0x43 0 4k");
+    assert_eq!(changed_bytes(&pair, "disk-a"), (3 << 20) + 4096);
     let points = json(&pair.target.cli_ok(&["points", "group-1", "--json"]));
     assert!(
         points["points"].as_array().unwrap().is_empty(),
@@ -414,6 +420,20 @@ fn failover_cancel_and_commit_survive_a_kill() {
     pair.target.spawn();
     qemu_io(&a, "read -P 0x43 0 4k");
     qemu_io(&a, "read -P 0x42 4M 3M");
+    assert_eq!(changed_bytes(&pair, "disk-a"), (3 << 20) + 4096);
+}
+
+/// A committed disk's changed bytes, from `drgw status --json`.
+fn changed_bytes(pair: &Pair, disk: &str) -> u64 {
+    let status = pair.target.status();
+    status["recovery"]["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["disk"] == disk)
+        .unwrap_or_else(|| panic!("no export of {disk}: {status:#}"))["changed_bytes"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]

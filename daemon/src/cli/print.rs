@@ -498,7 +498,10 @@ pub fn exports(value: &serde_json::Value) {
                     "ro".into()
                 },
                 export["purpose"].as_str().unwrap_or_default().to_string(),
-                bytes(export["written_bytes"].as_u64().unwrap_or(0)),
+                match export["changed_bytes"].as_u64().unwrap_or(0) {
+                    0 => bytes(export["written_bytes"].as_u64().unwrap_or(0)),
+                    changed => format!("{} changed", bytes(changed)),
+                },
             ]
         })
         .collect();

@@ -8,6 +8,7 @@
 use super::overlay::{Overlay, Piece};
 use super::{PointPin, PointView, TargetError, TargetGroup};
 use crate::nbd::{BlockBackend, BoxFuture, FileBackend};
+use crate::tap::dirty_map::DirtyMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,8 +29,12 @@ enum Mode {
         overlay: Option<Overlay>,
         _pin: PointPin,
     },
-    /// After a commit: the replica is the disk.
-    Replica(FileBackend),
+    /// After a commit: the replica is the disk; every write marks the
+    /// change map first (target/changes.rs).
+    Replica {
+        backend: FileBackend,
+        changes: Arc<DirtyMap>,
+    },
     /// Ended (`drgw test-failover --cleanup`, an export removed).
     Closed,
 }
@@ -61,16 +66,26 @@ impl PointDisk {
         })
     }
 
-    /// The replica itself (a committed failover after a restart).
-    pub fn replica(path: &Path) -> io::Result<PointDisk> {
+    /// The replica itself (a committed failover after a restart), its
+    /// writes marked in `changes`.
+    pub fn replica(path: &Path, changes: Arc<DirtyMap>) -> io::Result<PointDisk> {
         let backend = FileBackend::open(path, false)?;
         Ok(PointDisk {
             inner: Arc::new(Inner {
                 size_bytes: backend.size_bytes(),
                 writable: true,
-                mode: RwLock::new(Mode::Replica(backend)),
+                mode: RwLock::new(Mode::Replica { backend, changes }),
             }),
         })
+    }
+
+    /// Bytes of a committed disk that may differ from the original site's
+    /// disk (its change map); 0 before a commit.
+    pub fn changed_bytes(&self) -> u64 {
+        match &*self.inner.read_mode() {
+            Mode::Replica { changes, .. } => super::changes::changed_bytes(changes),
+            _ => 0,
+        }
     }
 
     pub fn backend(&self) -> Arc<dyn BlockBackend> {
@@ -118,7 +133,8 @@ impl PointDisk {
         }
     }
 
-    /// Failover commit: writes the point, then the overlay, into the
+    /// Failover commit: marks in `changes` what the commit rolls back and
+    /// what the overlay holds, writes the point, then the overlay, into the
     /// replica `file` (at `path`), and from then on serves the replica
     /// itself. Blocking; requests wait meanwhile. Idempotent. Returns the
     /// overlay, for the caller to discard once the commit is recorded.
@@ -126,24 +142,37 @@ impl PointDisk {
         &self,
         file: &std::fs::File,
         path: &Path,
+        changes: Arc<DirtyMap>,
     ) -> Result<Option<Overlay>, TargetError> {
         let mut mode = self.inner.mode.write().unwrap_or_else(|p| p.into_inner());
         let io_error = |e: io::Error| TargetError::io(path, e);
+        let map_error = |e: crate::tap::dirty_map::DirtyMapError| {
+            TargetError::Protocol(format!("change map: {e}"))
+        };
         match &*mode {
             Mode::Point { overlay, view, .. } => {
                 let mut view = view.lock().unwrap_or_else(|p| p.into_inner());
+                let mut changed: Vec<(u64, u64)> = view
+                    .changed_ranges()?
+                    .into_iter()
+                    .map(|(start, end)| (start, end - start))
+                    .collect();
+                if let Some(overlay) = overlay {
+                    changed.extend(overlay.held_ranges());
+                }
+                changes.mark_ranges(&changed).map_err(map_error)?;
                 roll_replica_to(&mut view, file, path)?;
                 if let Some(overlay) = overlay {
                     copy_overlay(overlay, file).map_err(io_error)?;
                 }
                 file.sync_all().map_err(io_error)?;
             }
-            Mode::Replica(_) => {}
+            Mode::Replica { .. } => {}
             Mode::Closed => return Err(TargetError::Protocol("the export was closed".into())),
         }
         let backend = FileBackend::open(path, false).map_err(io_error)?;
         Ok(
-            match std::mem::replace(&mut *mode, Mode::Replica(backend)) {
+            match std::mem::replace(&mut *mode, Mode::Replica { backend, changes }) {
                 Mode::Point { overlay, .. } => overlay,
                 _ => None,
             },
@@ -208,10 +237,11 @@ impl Inner {
         io::Error::new(io::ErrorKind::NotConnected, "the export was ended")
     }
 
-    /// The replica backend once committed (requests go straight to it).
-    fn replica(&self) -> Option<FileBackend> {
+    /// The replica backend once committed (requests go straight to it),
+    /// and its change map.
+    fn replica(&self) -> Option<(FileBackend, Arc<DirtyMap>)> {
         match &*self.read_mode() {
-            Mode::Replica(backend) => Some(backend.clone()),
+            Mode::Replica { backend, changes } => Some((backend.clone(), changes.clone())),
             _ => None,
         }
     }
@@ -280,6 +310,15 @@ impl Inner {
     }
 }
 
+/// Marks a committed disk's blocks changed, durably, before they are
+/// written (a mark of blocks already marked costs no I/O).
+async fn mark_changed(changes: Arc<DirtyMap>, offset: u64, length: u64) -> io::Result<()> {
+    if length == 0 || changes.is_durably_marked(offset, length) {
+        return Ok(());
+    }
+    blocking(move || changes.mark(offset, length).map_err(io::Error::other)).await
+}
+
 async fn blocking<T: Send + 'static>(
     job: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
@@ -317,7 +356,7 @@ impl BlockBackend for PointDisk {
     fn read(&self, offset: u64, length: u32) -> BoxFuture<'_, io::Result<Vec<u8>>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            if let Some(replica) = inner.replica() {
+            if let Some((replica, _)) = inner.replica() {
                 return replica.read(offset, length).await;
             }
             blocking(move || inner.read(offset, length)).await
@@ -327,7 +366,8 @@ impl BlockBackend for PointDisk {
     fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> BoxFuture<'_, io::Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            if let Some(replica) = inner.replica() {
+            if let Some((replica, changes)) = inner.replica() {
+                mark_changed(changes, offset, data.len() as u64).await?;
                 return replica.write(offset, data, fua).await;
             }
             blocking(move || inner.write(offset, &data, fua)).await
@@ -337,7 +377,7 @@ impl BlockBackend for PointDisk {
     fn flush(&self) -> BoxFuture<'_, io::Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            if let Some(replica) = inner.replica() {
+            if let Some((replica, _)) = inner.replica() {
                 return replica.flush().await;
             }
             blocking(move || inner.flush()).await
@@ -357,7 +397,8 @@ impl BlockBackend for PointDisk {
     ) -> BoxFuture<'_, io::Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            if let Some(replica) = inner.replica() {
+            if let Some((replica, changes)) = inner.replica() {
+                mark_changed(changes, offset, u64::from(length)).await?;
                 return replica.write_zeroes(offset, length, fua, may_trim).await;
             }
             blocking(move || {

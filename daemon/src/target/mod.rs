@@ -12,6 +12,7 @@
 //!
 //! Formats: docs/formats/journal.md. Design and costs: docs/ARCHITECTURE.md.
 
+mod changes;
 mod export;
 mod group;
 mod index;
@@ -24,6 +25,7 @@ mod state;
 mod undo;
 mod uring;
 
+pub use changes::{changes_path, open_changes, CHANGE_GRAIN_BYTES};
 pub use group::{PointPin, TargetGroup, TargetGroupStatus};
 pub use index::resync_open_at;
 pub use point::PointView;

@@ -17,7 +17,8 @@
 
 use super::export::PointDisk;
 use super::overlay::Overlay;
-use super::{PointSpec, RecoveryPoint, TargetError, TargetGroup, TargetRegistry};
+use super::{open_changes, PointSpec, RecoveryPoint, TargetError, TargetGroup, TargetRegistry};
+use crate::tap::dirty_map::DirtyMap;
 use crate::catalog::{Catalog, Drill, RecoveryState};
 use crate::nbd::{Export, NbdServer};
 use std::collections::BTreeMap;
@@ -52,6 +53,11 @@ pub struct ExportInfo {
     pub created_unix_ms: u64,
     /// Bytes written to it (kept in its overlay until cleanup or commit).
     pub written_bytes: u64,
+    /// A committed failover disk: bytes that may differ from the original
+    /// site's disk (rolled back at the commit, written here since the
+    /// failover point). What reprotect sends back.
+    #[serde(default)]
+    pub changed_bytes: u64,
 }
 
 /// A group's recovery state for `drgw status`.
@@ -199,6 +205,7 @@ impl Recovery {
             if let Some(exported) = self.lock_exports().remove(&name) {
                 let mut info = exported.info;
                 info.written_bytes = exported.disk.overlay_bytes();
+                info.changed_bytes = exported.disk.changed_bytes();
                 ended.push((info, exported.disk.close()));
             }
         }
@@ -211,6 +218,7 @@ impl Recovery {
             .map(|e| {
                 let mut info = e.info.clone();
                 info.written_bytes = e.disk.overlay_bytes();
+                info.changed_bytes = e.disk.changed_bytes();
                 info
             })
             .collect()
@@ -329,6 +337,7 @@ impl Recovery {
                 size_bytes: replica.size_bytes,
                 created_unix_ms: crate::clock::unix_millis(),
                 written_bytes: 0,
+                changed_bytes: 0,
             };
             made.push(self.publish(info, opened)?);
         }
@@ -564,6 +573,7 @@ impl Recovery {
                         size_bytes: replica.size_bytes,
                         created_unix_ms: crate::clock::unix_millis(),
                         written_bytes: 0,
+                changed_bytes: 0,
                     },
                     disk,
                 )
@@ -726,13 +736,17 @@ impl Recovery {
         point: &RecoveryPoint,
     ) -> Result<RecoveryOutcome, TargetError> {
         let started = std::time::Instant::now();
-        let disks: Vec<(PathBuf, Arc<std::fs::File>, String)> = target
+        let disks: Vec<(PathBuf, Arc<std::fs::File>, String, Arc<DirtyMap>)> = target
             .disks()
             .into_iter()
-            .map(|d| Ok((d.path.clone(), target.replica(d.id)?, d.name)))
+            .map(|d| {
+                let changes = open_changes(&target.directory, d.id, d.size_bytes, false)
+                    .map_err(|e| TargetError::Protocol(format!("change map: {e}")))?;
+                Ok((d.path.clone(), target.replica(d.id)?, d.name, Arc::new(changes)))
+            })
             .collect::<Result<_, TargetError>>()?;
         let mut overlays = Vec::new();
-        for (path, file, disk) in disks {
+        for (path, file, disk, changes) in disks {
             let name = format!("{}-{disk}", target.name());
             let exported = self
                 .lock_exports()
@@ -743,7 +757,7 @@ impl Recovery {
                     "the failover export {name} is missing"
                 )));
             };
-            let overlay = tokio::task::spawn_blocking(move || handle.become_replica(&file, &path))
+            let overlay = tokio::task::spawn_blocking(move || handle.become_replica(&file, &path, changes))
                 .await
                 .map_err(|_| TargetError::Protocol("commit panicked".into()))??;
             overlays.extend(overlay);
@@ -841,7 +855,10 @@ impl Recovery {
                 target.set_hold(Some(committed_reason(&target.name(), point)));
                 for replica in target.disks() {
                     let name = format!("{}-{}", target.name(), replica.name);
-                    let disk = PointDisk::replica(&replica.path)
+                    let changes =
+                        open_changes(&target.directory, replica.id, replica.size_bytes, true)
+                            .map_err(|e| TargetError::Protocol(format!("change map: {e}")))?;
+                    let disk = PointDisk::replica(&replica.path, Arc::new(changes))
                         .map_err(|e| TargetError::io(&replica.path, e))?;
                     self.publish(
                         ExportInfo {
@@ -855,6 +872,7 @@ impl Recovery {
                             size_bytes: replica.size_bytes,
                             created_unix_ms: crate::clock::unix_millis(),
                             written_bytes: 0,
+                changed_bytes: 0,
                         },
                         disk,
                     )?;
