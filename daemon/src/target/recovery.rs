@@ -18,9 +18,9 @@
 use super::export::PointDisk;
 use super::overlay::Overlay;
 use super::{open_changes, PointSpec, RecoveryPoint, TargetError, TargetGroup, TargetRegistry};
-use crate::tap::dirty_map::DirtyMap;
 use crate::catalog::{Catalog, Drill, RecoveryState};
 use crate::nbd::{Export, NbdServer};
+use crate::tap::dirty_map::DirtyMap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -573,7 +573,7 @@ impl Recovery {
                         size_bytes: replica.size_bytes,
                         created_unix_ms: crate::clock::unix_millis(),
                         written_bytes: 0,
-                changed_bytes: 0,
+                        changed_bytes: 0,
                     },
                     disk,
                 )
@@ -742,7 +742,12 @@ impl Recovery {
             .map(|d| {
                 let changes = open_changes(&target.directory, d.id, d.size_bytes, false)
                     .map_err(|e| TargetError::Protocol(format!("change map: {e}")))?;
-                Ok((d.path.clone(), target.replica(d.id)?, d.name, Arc::new(changes)))
+                Ok((
+                    d.path.clone(),
+                    target.replica(d.id)?,
+                    d.name,
+                    Arc::new(changes),
+                ))
             })
             .collect::<Result<_, TargetError>>()?;
         let mut overlays = Vec::new();
@@ -757,9 +762,10 @@ impl Recovery {
                     "the failover export {name} is missing"
                 )));
             };
-            let overlay = tokio::task::spawn_blocking(move || handle.become_replica(&file, &path, changes))
-                .await
-                .map_err(|_| TargetError::Protocol("commit panicked".into()))??;
+            let overlay =
+                tokio::task::spawn_blocking(move || handle.become_replica(&file, &path, changes))
+                    .await
+                    .map_err(|_| TargetError::Protocol("commit panicked".into()))??;
             overlays.extend(overlay);
         }
         let committed = RecoveryState::Committed {
@@ -872,7 +878,7 @@ impl Recovery {
                             size_bytes: replica.size_bytes,
                             created_unix_ms: crate::clock::unix_millis(),
                             written_bytes: 0,
-                changed_bytes: 0,
+                            changed_bytes: 0,
                         },
                         disk,
                     )?;
