@@ -508,7 +508,7 @@ fn the_change_map_covers_every_block_where_replica_and_primary_differ() {
         let map = directory.join(format!("changed/disk-{}.map", disk["id"]));
         let bits = change_map_bits(&map, blocks);
         let mut differing = 0;
-        for block in 0..blocks {
+        for (block, marked) in bits.iter().enumerate() {
             let range = block * 4096..(block + 1) * 4096;
             // What the source wrote after the failover never came here: the
             // original site knows it from its own staging (not this map).
@@ -516,7 +516,7 @@ fn the_change_map_covers_every_block_where_replica_and_primary_differ() {
             if replica[range.clone()] != primary[range] && !source_after {
                 differing += 1;
                 assert!(
-                    bits[block],
+                    *marked,
                     "{name}: block {block} differs but is not in the change map"
                 );
             }
