@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod link;
 pub mod logging;
 pub mod nbd;
+pub mod reprotect;
 pub mod resync;
 pub mod serve;
 pub mod ship;

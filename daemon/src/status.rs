@@ -36,6 +36,13 @@ pub struct Status {
     /// Resyncs running on the groups this appliance protects (source side).
     #[serde(default)]
     pub resyncs: Vec<crate::resync::ResyncView>,
+    /// Groups replicated back from this site's committed failover disks
+    /// (reprotect): the delta being sent.
+    #[serde(default)]
+    pub reprotects: Vec<crate::reprotect::DeltaProgress>,
+    /// Groups replicated back to this (original) site.
+    #[serde(default)]
+    pub reversed: Vec<crate::catalog::ReversedGroup>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -140,6 +147,8 @@ pub fn collect(appliance: &Appliance) -> Status {
         shipping: appliance.ship_board.all(),
         bandwidth_limit_bytes_per_second: appliance.throttle.current_limit_bytes_per_second(),
         resyncs: appliance.resyncs.running(),
+        reprotects: crate::reprotect::progress(),
+        reversed: appliance.catalog.reversed().unwrap_or_default(),
         target_groups: appliance.targets.all().iter().map(|g| g.status()).collect(),
         target_problems: appliance.targets.problems(),
         recovery: Some(appliance.recovery.status()),

@@ -8,17 +8,21 @@
 //! (peer name → JSON of [`crate::tls::PinnedPeer`]); table `disks` (disk
 //! name → JSON of [`ProtectedDisk`]); tables `recovery` and `drills` (target
 //! groups' recovery state and test failover drills, see [`recovery`]);
-//! table `resyncs` (resyncs of protected groups, see [`resyncs`]). See
+//! table `resyncs` (resyncs of protected groups, see [`resyncs`]); table
+//! `reversed` (groups replicated back here after reprotect, see
+//! [`reversed`]). See
 //! docs/formats/catalog.md.
 
 mod disks;
 mod peers;
 mod recovery;
 mod resyncs;
+mod reversed;
 
 pub use disks::ProtectedDisk;
 pub use recovery::{Drill, GroupRecovery, RecoveryState, Transition};
 pub use resyncs::{ResyncPhase, ResyncRecord};
+pub use reversed::ReversedGroup;
 
 use crate::tls::Fingerprint;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -32,6 +36,7 @@ const GROUPS: TableDefinition<&str, u32> = TableDefinition::new("groups");
 const RECOVERY: TableDefinition<&str, &[u8]> = TableDefinition::new("recovery");
 const DRILLS: TableDefinition<&str, &[u8]> = TableDefinition::new("drills");
 const RESYNCS: TableDefinition<&str, &[u8]> = TableDefinition::new("resyncs");
+const REVERSED: TableDefinition<&str, &[u8]> = TableDefinition::new("reversed");
 
 /// The catalog format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -158,6 +163,9 @@ impl Catalog {
                 .map_err(|e| self.database_error(e))?;
             transaction
                 .open_table(RESYNCS)
+                .map_err(|e| self.database_error(e))?;
+            transaction
+                .open_table(REVERSED)
                 .map_err(|e| self.database_error(e))?;
         }
         transaction.commit().map_err(|e| self.database_error(e))

@@ -211,6 +211,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print::resync(&value["resync"]);
             })
         }
+        Command::Reprotect {
+            group,
+            disks,
+            discard_local,
+            json,
+        } => {
+            let request = Request::Reprotect {
+                group,
+                disks,
+                discard_local,
+            };
+            let value = call(&cli.global, request)?;
+            emit(json, &value, || {
+                println!(
+                    "{}: {}",
+                    value["group"].as_str().unwrap_or_default(),
+                    value["message"].as_str().unwrap_or_default()
+                );
+                if let Some(replicas) = value["replicas"].as_object() {
+                    for (disk, path) in replicas {
+                        println!("  {disk}: {}", path.as_str().unwrap_or_default());
+                    }
+                }
+            })
+        }
         Command::Events { json } => {
             let value = call(&cli.global, Request::Events)?;
             emit(json, &value, || print::events(&value))

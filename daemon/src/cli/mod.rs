@@ -264,6 +264,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replicate a group back to this (original) site after its failover was committed at the target
+    #[command(
+        after_help = "Run on the original site once the failover is committed at the other site. \
+                      Stop this site's tap first (and the VM using it): its disks become the \
+                      replicas. The other site sends back only what differs: what it changed since \
+                      the failover point, and what this site wrote after it and never shipped \
+                      (given up, with --discard-local). Replication then runs from the other site \
+                      to this one, with points and RPO here."
+    )]
+    Reprotect {
+        /// The group's name
+        group: String,
+        /// Where each disk of the group is on this site (its primary): NAME=PATH, once per disk
+        #[arg(long = "disk", value_name = "NAME=PATH", required = true, value_parser = parse_disk_path)]
+        disks: Vec<(String, std::path::PathBuf)>,
+        /// Accept that writes made here after the failover point, never shipped, are overwritten
+        #[arg(long)]
+        discard_local: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent events: RPO crossings, retention trimmed for space
     Events {
         /// Print JSON instead of text
@@ -290,6 +312,16 @@ pub enum Command {
 }
 
 /// Parses `1073741824`, `512M`, `16G`, `2T` (powers of 1024).
+/// `NAME=PATH` of `drgw reprotect --disk`.
+pub fn parse_disk_path(text: &str) -> Result<(String, std::path::PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), std::path::PathBuf::from(path)))
+        }
+        _ => Err(format!("{text:?} is not NAME=PATH (e.g. disk-a=/dev/sdb)")),
+    }
+}
+
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, shift) = match text.char_indices().last() {

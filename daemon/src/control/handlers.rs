@@ -107,6 +107,18 @@ pub async fn handle(
         Request::Resize { disk, size_bytes } => {
             crate::resync::resize(&appliance, &disk, size_bytes).map(to_value)?
         }
+        Request::Reprotect {
+            group,
+            disks,
+            discard_local,
+        } => tokio::runtime::Handle::current()
+            .block_on(crate::reprotect::reprotect(
+                &appliance,
+                &group,
+                disks,
+                discard_local,
+            ))
+            .map(to_value)?,
         request => super::recovery::transition(&appliance, request).and_then(to_value),
     })
     .await;

@@ -151,6 +151,15 @@ pub enum Request {
         disk: String,
         size_bytes: u64,
     },
+    /// After a failover committed at the group's target: replicate it back
+    /// here (original site), onto these disks.
+    Reprotect {
+        group: String,
+        /// (disk name, the disk on this site).
+        disks: Vec<(String, std::path::PathBuf)>,
+        #[serde(default)]
+        discard_local: bool,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

@@ -330,6 +330,21 @@ impl Ingest {
         Ok(())
     }
 
+    /// Forgets a group's staging and deletes it from the cache volume (its
+    /// disks are no longer protected here: reprotect made them replicas).
+    pub async fn discard_group(&self, group_id: u32) -> std::io::Result<()> {
+        self.logs.lock().await.remove(&group_id);
+        let directory = self
+            .plan
+            .cache_directory
+            .join("staging")
+            .join(format!("group-{group_id}"));
+        match tokio::fs::remove_dir_all(&directory).await {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+
     /// The staging log of a group, for the transceiver.
     pub async fn shipping_log(
         &self,
@@ -496,7 +511,13 @@ impl Ingest {
         let detached: Vec<String> = self
             .disks()
             .into_iter()
-            .filter(|d| d.group_id == group_id && !self.disk_figures(&d.name).attached)
+            .filter(|d| {
+                // A reprotected disk stages each write before it is
+                // acknowledged: nothing of it can be missing here.
+                d.group_id == group_id
+                    && d.tap != crate::reprotect::FAILOVER_TAP
+                    && !self.disk_figures(&d.name).attached
+            })
             .map(|d| d.name)
             .collect();
         if !detached.is_empty() {

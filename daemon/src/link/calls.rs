@@ -1,10 +1,11 @@
 //! Requests this gateway sends the paired appliance on the link and waits
-//! for an answer to: SUM_REQUEST, answered by SUMS (resync). Each appliance
-//! session registers a channel here; a request goes to the session of its
-//! peer, which keeps the answer's sender until the SUMS comes back. A
-//! session that ends drops its senders, so a waiting request fails at once.
+//! for an answer to: SUM_REQUEST, answered by SUMS (resync), and REPROTECT,
+//! answered by REPROTECTED. Each appliance session registers a channel
+//! here; a request goes to the session of its peer, which keeps the
+//! answer's sender until the answer comes back. A session that ends drops
+//! its senders, so a waiting request fails at once.
 
-use crate::wire::{SumRequest, Sums};
+use crate::wire::{Reprotect, Reprotected, SumRequest, Sums};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -15,9 +16,19 @@ use tokio::sync::{mpsc, oneshot};
 pub const SUMS_TIMEOUT: Duration = Duration::from_secs(120);
 const QUEUE: usize = 16;
 
-pub struct PeerCall {
-    pub request: SumRequest,
-    pub answer: oneshot::Sender<Sums>,
+/// How long the peer may take to answer REPROTECT (it marks its change
+/// maps and protects the group before answering).
+pub const REPROTECT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub enum PeerCall {
+    Sums {
+        request: SumRequest,
+        answer: oneshot::Sender<Sums>,
+    },
+    Reprotect {
+        request: Reprotect,
+        answer: oneshot::Sender<Reprotected>,
+    },
 }
 
 #[derive(Default)]
@@ -51,19 +62,41 @@ impl PeerCalls {
         self.counter.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Asks `peer` for block sums; the error says why there are none.
-    pub async fn sums(&self, peer: &str, request: SumRequest) -> Result<Vec<u128>, String> {
-        let sender = self
-            .sessions
+    fn sender(&self, peer: &str) -> Result<mpsc::Sender<PeerCall>, String> {
+        self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(peer)
             .map(|(_, sender)| sender.clone())
-            .ok_or_else(|| format!("no link to {peer}"))?;
+            .ok_or_else(|| format!("no link to {peer}"))
+    }
+
+    /// Asks `peer` to replicate a group back here; the error says why it
+    /// did not answer (a refusal is an answer, with its `error`).
+    pub async fn reprotect(&self, peer: &str, request: Reprotect) -> Result<Reprotected, String> {
+        let sender = self.sender(peer)?;
+        let (answer, answered) = oneshot::channel();
+        sender
+            .send(PeerCall::Reprotect { request, answer })
+            .await
+            .map_err(|_| format!("the link to {peer} closed"))?;
+        match tokio::time::timeout(REPROTECT_TIMEOUT, answered).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(format!("the link to {peer} closed before it answered")),
+            Err(_) => Err(format!(
+                "{peer} did not answer within {} s",
+                REPROTECT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Asks `peer` for block sums; the error says why there are none.
+    pub async fn sums(&self, peer: &str, request: SumRequest) -> Result<Vec<u128>, String> {
+        let sender = self.sender(peer)?;
         let expected = request.blocks() as usize;
         let (answer, answered) = oneshot::channel();
         sender
-            .send(PeerCall { request, answer })
+            .send(PeerCall::Sums { request, answer })
             .await
             .map_err(|_| format!("the link to {peer} closed"))?;
         let sums = match tokio::time::timeout(SUMS_TIMEOUT, answered).await {

@@ -21,4 +21,4 @@ pub use listener::{bind, run_listener};
 pub use registry::{
     Direction, LinkRegistry, LinkState, LinkStatus, Refusal, RefusalLog, SessionInfo,
 };
-pub use session::{SessionContext, SessionError};
+pub use session::{truncate, SessionContext, SessionError};

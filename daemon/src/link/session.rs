@@ -145,7 +145,8 @@ fn result_text(result: &Result<(), SessionError>) -> String {
     }
 }
 
-fn truncate(mut text: String, max: usize) -> String {
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut cut = max;
         while !text.is_char_boundary(cut) {
@@ -257,6 +258,8 @@ async fn appliance_loop<S: AsyncWrite>(
         number: calls_number,
     };
     let mut sums_pending: HashMap<u64, tokio::sync::oneshot::Sender<wire::Sums>> = HashMap::new();
+    let mut reprotect_pending: HashMap<u64, tokio::sync::oneshot::Sender<wire::Reprotected>> =
+        HashMap::new();
     loop {
         tokio::select! {
             _ = context.cancel.cancelled() => return Ok(()),
@@ -267,9 +270,16 @@ async fn appliance_loop<S: AsyncWrite>(
             frame = outgoing.recv() => if let Some(frame) = frame {
                 wire::write_frame(writer, &frame).await?;
             },
-            call = calls.recv() => if let Some(call) = call {
-                wire::write_frame(writer, &Frame::SumRequest(call.request.clone())).await?;
-                sums_pending.insert(call.request.request, call.answer);
+            call = calls.recv() => match call {
+                Some(crate::link::PeerCall::Sums { request, answer }) => {
+                    wire::write_frame(writer, &Frame::SumRequest(request.clone())).await?;
+                    sums_pending.insert(request.request, answer);
+                }
+                Some(crate::link::PeerCall::Reprotect { request, answer }) => {
+                    wire::write_frame(writer, &Frame::Reprotect(request.clone())).await?;
+                    reprotect_pending.insert(request.request, answer);
+                }
+                None => {}
             },
             frame = next_frame(inbox) => match frame? {
                 Frame::Heartbeat(beat) => {
@@ -324,6 +334,26 @@ async fn appliance_loop<S: AsyncWrite>(
                         SessionError::Protocol(format!("SUMS {} was not asked for", sums.request))
                     })?;
                     let _ = answer.send(sums);
+                }
+                Frame::Reprotect(request) => {
+                    liveness.seen();
+                    let appliance = appliance.clone();
+                    let peer = peer.to_string();
+                    let replies = replies.clone();
+                    tokio::spawn(async move {
+                        let answer = crate::reprotect::accept(&appliance, &peer, request).await;
+                        let _ = replies.send(Frame::Reprotected(answer)).await;
+                    });
+                }
+                Frame::Reprotected(answer) => {
+                    liveness.seen();
+                    let waiting = reprotect_pending.remove(&answer.request).ok_or_else(|| {
+                        SessionError::Protocol(format!(
+                            "REPROTECTED {} was not asked for",
+                            answer.request
+                        ))
+                    })?;
+                    let _ = waiting.send(answer);
                 }
                 other => return Err(SessionError::Unexpected(other.kind())),
             },

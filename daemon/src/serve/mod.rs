@@ -157,6 +157,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         resyncs: crate::resync::ResyncBoard::new(cancel.child_token(), tracker.clone()),
     });
     crate::resync::resume_all(&appliance);
+    crate::reprotect::resume_all(&appliance).await;
     tracker.spawn(link::run_listener(
         listener,
         appliance.clone(),

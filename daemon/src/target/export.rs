@@ -21,6 +21,51 @@ struct Inner {
     size_bytes: u64,
     writable: bool,
     mode: RwLock<Mode>,
+    /// Committed disk replicated back (reprotect): each write is staged
+    /// for the original site after it is written here.
+    capture: RwLock<Option<Arc<Capture>>>,
+    /// Orders a committed disk's writes with their staging and with the
+    /// reprotect delta's reads, so the staged stream is the disk's order.
+    order: tokio::sync::Mutex<()>,
+}
+
+/// Where a reprotected disk's writes are staged: the local group that
+/// replicates it back to the original site.
+pub struct Capture {
+    pub ingest: Arc<crate::ingest::Ingest>,
+    pub group_id: u32,
+    pub group: String,
+    pub disk_id: u32,
+    pub disk: String,
+    /// Woken when a write could not be staged (its blocks were marked in
+    /// the change map instead): the delta sender runs again.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// Largest record a captured write is staged in.
+const CAPTURE_RECORD_BYTES: usize = 1 << 20;
+
+impl Capture {
+    /// Stages `data` at `offset` of the disk; resolves once durable.
+    pub async fn stage(&self, offset: u64, data: &[u8]) -> Result<(), crate::ingest::IngestError> {
+        let mut bodies = Vec::new();
+        for (index, piece) in data.chunks(CAPTURE_RECORD_BYTES).enumerate() {
+            bodies.push(crate::staging::RecordBody::Write {
+                disk: self.disk_id,
+                offset: offset + (index * CAPTURE_RECORD_BYTES) as u64,
+                data: piece.to_vec(),
+            });
+        }
+        let records = bodies.len() as u64;
+        self.ingest
+            .stage(vec![crate::ingest::StageBatch {
+                group_id: self.group_id,
+                group: self.group.clone(),
+                bodies,
+                per_disk: vec![(self.disk.clone(), records, data.len() as u64)],
+            }])
+            .await
+    }
 }
 
 enum Mode {
@@ -62,6 +107,8 @@ impl PointDisk {
                     overlay,
                     _pin: pin,
                 }),
+                capture: RwLock::new(None),
+                order: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -75,8 +122,49 @@ impl PointDisk {
                 size_bytes: backend.size_bytes(),
                 writable: true,
                 mode: RwLock::new(Mode::Replica { backend, changes }),
+                capture: RwLock::new(None),
+                order: tokio::sync::Mutex::new(()),
             }),
         })
+    }
+
+    /// The change map of a committed disk.
+    pub fn changes(&self) -> Option<Arc<DirtyMap>> {
+        self.inner.replica().map(|(_, changes)| changes)
+    }
+
+    /// From now on, stages every write of this committed disk (or stops).
+    /// Waits for writes in progress.
+    pub async fn set_capture(&self, capture: Option<Arc<Capture>>) {
+        let _order = self.inner.order.lock().await;
+        *self
+            .inner
+            .capture
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = capture;
+    }
+
+    /// Reprotect's delta: reads `offset..offset+length` of the committed
+    /// disk, stages it, and clears it in the change map (in memory: the
+    /// caller persists), all in order with the disk's writes (a write that
+    /// fails to stage marks its blocks after this). Fails when the disk is
+    /// not committed or not captured.
+    pub async fn resend(&self, offset: u64, length: u32) -> io::Result<()> {
+        let _order = self.inner.order.lock().await;
+        let Some((replica, changes)) = self.inner.replica() else {
+            return Err(Inner::closed());
+        };
+        let capture = self
+            .inner
+            .capture()
+            .ok_or_else(|| io::Error::other("the disk is not replicated back (no reprotect)"))?;
+        let data = replica.read(offset, length).await?;
+        capture
+            .stage(offset, &data)
+            .await
+            .map_err(io::Error::other)?;
+        changes.clear(offset, u64::from(length));
+        Ok(())
     }
 
     /// Bytes of a committed disk that may differ from the original site's
@@ -237,6 +325,43 @@ impl Inner {
         io::Error::new(io::ErrorKind::NotConnected, "the export was ended")
     }
 
+    fn capture(&self) -> Option<Arc<Capture>> {
+        self.capture
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A committed disk's write: marked in the change map (or, when the
+    /// disk is replicated back, staged after it is written; a write that
+    /// cannot be staged is marked instead, for the delta sender).
+    async fn write_replica(
+        &self,
+        replica: FileBackend,
+        changes: Arc<DirtyMap>,
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    ) -> io::Result<()> {
+        let _order = self.order.lock().await;
+        let length = data.len() as u64;
+        let capture = self.capture();
+        if capture.is_none() {
+            mark_changed(changes.clone(), offset, length).await?;
+        }
+        let staged = capture.as_ref().map(|_| data.clone());
+        replica.write(offset, data, fua).await?;
+        if let (Some(capture), Some(data)) = (capture, staged) {
+            if let Err(error) = capture.stage(offset, &data).await {
+                tracing::warn!(disk = %capture.disk, %error,
+                    "a write to a reprotected disk could not be staged: marked for the delta");
+                mark_changed(changes, offset, length).await?;
+                capture.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
     /// The replica backend once committed (requests go straight to it),
     /// and its change map.
     fn replica(&self) -> Option<(FileBackend, Arc<DirtyMap>)> {
@@ -367,8 +492,9 @@ impl BlockBackend for PointDisk {
         let inner = self.inner.clone();
         Box::pin(async move {
             if let Some((replica, changes)) = inner.replica() {
-                mark_changed(changes, offset, data.len() as u64).await?;
-                return replica.write(offset, data, fua).await;
+                return inner
+                    .write_replica(replica, changes, offset, data, fua)
+                    .await;
             }
             blocking(move || inner.write(offset, &data, fua)).await
         })
@@ -398,8 +524,21 @@ impl BlockBackend for PointDisk {
         let inner = self.inner.clone();
         Box::pin(async move {
             if let Some((replica, changes)) = inner.replica() {
-                mark_changed(changes, offset, u64::from(length)).await?;
-                return replica.write_zeroes(offset, length, fua, may_trim).await;
+                // Written as zeroes (never a hole), so the replica and what
+                // is staged for the original site are the same bytes.
+                let _ = may_trim;
+                let end = offset + u64::from(length);
+                let mut at = offset;
+                while at < end {
+                    let piece = (end - at).min(ZERO_CHUNK) as usize;
+                    let zeroes = vec![0u8; piece];
+                    let last = at + piece as u64 == end;
+                    inner
+                        .write_replica(replica.clone(), changes.clone(), at, zeroes, fua && last)
+                        .await?;
+                    at += piece as u64;
+                }
+                return Ok(());
             }
             blocking(move || {
                 let end = offset + u64::from(length);

@@ -126,11 +126,14 @@ impl TargetGroup {
     /// Opens (or creates, from `info`) the group in `directory`: recovers both
     /// logs, rebuilds the index, rolls the replicas back to the last
     /// checkpoint (undoing a half-applied batch), and finds how far redo goes.
+    /// `placement`: where new disks' replicas go, by disk name (reprotect:
+    /// the original site's own disks); others get a file in `directory`.
     pub fn open(
         directory: &Path,
         peer: &str,
         info: Option<&GroupInfo>,
         policy: TargetPolicy,
+        placement: &BTreeMap<String, PathBuf>,
     ) -> Result<TargetGroup, TargetError> {
         std::fs::create_dir_all(directory).map_err(|e| TargetError::io(directory, e))?;
         let mut state = match GroupState::load(directory)? {
@@ -151,7 +154,7 @@ impl TargetGroup {
             }
         };
         if let Some(info) = info {
-            merge_disks(&mut state, info, directory)?;
+            merge_disks(&mut state, info, directory, placement)?;
         }
         state.store(directory)?;
         let group = state.group;
@@ -402,7 +405,7 @@ impl TargetGroup {
     /// Updates the disk list from a new GROUP frame of the source.
     pub fn update(&self, info: &GroupInfo) -> Result<(), TargetError> {
         let mut state = self.lock_state();
-        merge_disks(&mut state, info, &self.directory)?;
+        merge_disks(&mut state, info, &self.directory, &BTreeMap::new())?;
         state.name = info.name.clone();
         state.store(&self.directory)?;
         let mut replicas = self.replicas.write().unwrap_or_else(|p| p.into_inner());
@@ -1106,6 +1109,7 @@ fn merge_disks(
     state: &mut GroupState,
     info: &GroupInfo,
     directory: &Path,
+    placement: &BTreeMap<String, PathBuf>,
 ) -> Result<(), TargetError> {
     for disk in &info.disks {
         match state.disks.iter_mut().find(|d| d.id == disk.disk) {
@@ -1125,7 +1129,10 @@ fn merge_disks(
                 id: disk.disk,
                 name: disk.name.clone(),
                 size_bytes: disk.size_bytes,
-                path: directory.join(format!("disk-{}.img", disk.disk)),
+                path: placement
+                    .get(&disk.name)
+                    .cloned()
+                    .unwrap_or_else(|| directory.join(format!("disk-{}.img", disk.disk))),
             }),
         }
     }

@@ -26,6 +26,7 @@ mod undo;
 mod uring;
 
 pub use changes::{changes_path, open_changes, CHANGE_GRAIN_BYTES};
+pub use export::{Capture, PointDisk};
 pub use group::{PointPin, TargetGroup, TargetGroupStatus};
 pub use index::resync_open_at;
 pub use point::PointView;
@@ -243,6 +244,9 @@ pub struct TargetRegistry {
     root: PathBuf,
     policy: TargetPolicy,
     groups: Mutex<BTreeMap<(String, u32), Arc<TargetGroup>>>,
+    /// (peer, group name) → disk name → replica path, for a group not yet
+    /// here whose replicas must be given disks (reprotect).
+    placements: Mutex<BTreeMap<(String, String), BTreeMap<String, PathBuf>>>,
     /// Groups that failed to open, and why.
     problems: Mutex<BTreeMap<String, String>>,
     cancel: CancellationToken,
@@ -258,9 +262,26 @@ impl TargetRegistry {
             root: retention.join("groups"),
             policy,
             groups: Mutex::new(BTreeMap::new()),
+            placements: Mutex::new(BTreeMap::new()),
             problems: Mutex::new(BTreeMap::new()),
             cancel,
         }
+    }
+
+    /// The replicas of `group` from `peer`, when it first arrives, are the
+    /// given paths (by disk name).
+    pub fn place(&self, peer: &str, group: &str, replicas: BTreeMap<String, PathBuf>) {
+        self.placements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((peer.to_string(), group.to_string()), replicas);
+    }
+
+    pub fn unplace(&self, peer: &str, group: &str) {
+        self.placements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(peer.to_string(), group.to_string()));
     }
 
     fn directory(&self, peer: &str, group: u32) -> PathBuf {
@@ -309,11 +330,21 @@ impl TargetRegistry {
             return Ok(existing.clone());
         }
         let directory = self.directory(peer, group);
+        let placement = info
+            .and_then(|info| {
+                self.placements
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&(peer.to_string(), info.name.clone()))
+                    .cloned()
+            })
+            .unwrap_or_default();
         let opened = Arc::new(TargetGroup::open(
             &directory,
             peer,
             info,
             self.policy.clone(),
+            &placement,
         )?);
         tracing::info!(peer, group = %opened.name(), received_through = opened.received_through(),
             applied_through = opened.applied_through(), "target group open");

@@ -105,6 +105,9 @@ pub struct Recovery {
     busy: tokio::sync::Mutex<()>,
 }
 
+/// A disk of a committed group: its replica and the disk as served.
+pub type CommittedDisk = (super::ReplicaDisk, PointDisk);
+
 fn catalog_error(error: crate::catalog::CatalogError) -> TargetError {
     TargetError::Protocol(format!("catalog: {error}"))
 }
@@ -149,6 +152,46 @@ impl Recovery {
                 "recovery exports cannot be served: {problem} (see [recovery] in the config)"
             ))),
         }
+    }
+
+    /// A committed group and its disks as served (reprotect replicates
+    /// them back to the original site). `group` as for `find`.
+    pub fn committed_disks(
+        &self,
+        group: &str,
+    ) -> Result<(Arc<TargetGroup>, Vec<CommittedDisk>), TargetError> {
+        let target = self.targets.find(group)?;
+        let state = self.state_of(&key_of(&target))?;
+        if !matches!(state, RecoveryState::Committed { .. }) {
+            return Err(TargetError::NotYet(format!(
+                "group {} is {} here: reprotect follows a failover committed here (`drgw failover`, then `drgw commit`)",
+                target.name(),
+                state.label()
+            )));
+        }
+        let exports = self.lock_exports();
+        let mut disks = Vec::new();
+        for replica in target.disks() {
+            let name = format!("{}-{}", target.name(), replica.name);
+            let disk = exports
+                .get(&name)
+                .map(|e| e.disk.backend_handle())
+                .ok_or_else(|| {
+                    TargetError::Protocol(format!("the committed disk {name} is not served"))
+                })?;
+            disks.push((replica, disk));
+        }
+        Ok((target, disks))
+    }
+
+    /// Records `note` in a group's history, its state unchanged.
+    pub fn note(&self, target: &TargetGroup, note: &str) -> Result<(), TargetError> {
+        let key = key_of(target);
+        let state = self.state_of(&key)?;
+        self.catalog
+            .set_recovery(&key, &target.name(), state, note, None)
+            .map(|_| ())
+            .map_err(catalog_error)
     }
 
     /// The state of group `key` (protected when never recorded).

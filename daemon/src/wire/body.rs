@@ -9,6 +9,7 @@ use super::frame::{
     Ack, Attach, Batch, Bookmark, ErrorCode, ErrorFrame, Flush, Frame, FrameKind, GroupDisk,
     GroupInfo, Heartbeat, Hello, Role, Trim, WriteBatch, WriteRecord,
 };
+use super::reprotect;
 use super::resync;
 use super::{
     ATTACH_NAME_BYTES_MAX, BATCH_FIXED_BYTES, BOOKMARK_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX,
@@ -47,6 +48,8 @@ pub(crate) fn body_bytes(frame: &Frame) -> usize {
         Frame::Sums(sums) => resync::sums_bytes(sums),
         Frame::Resync(ranges) => resync::resync_bytes(ranges),
         Frame::ResyncMark(_) => 4 + 8 + 1,
+        Frame::Reprotect(reprotect) => reprotect::reprotect_bytes(reprotect),
+        Frame::Reprotected(reprotected) => reprotect::reprotected_bytes(reprotected),
     }
 }
 
@@ -132,6 +135,8 @@ pub(crate) fn write_body(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeE
         Frame::Sums(sums) => resync::put_sums(sums, out)?,
         Frame::Resync(ranges) => resync::put_resync(ranges, out)?,
         Frame::ResyncMark(mark) => resync::put_resync_mark(mark, out),
+        Frame::Reprotect(reprotect) => reprotect::put_reprotect(reprotect, out)?,
+        Frame::Reprotected(reprotected) => reprotect::put_reprotected(reprotected, out)?,
     }
     Ok(())
 }
@@ -212,7 +217,7 @@ fn put_write_batch(batch: &WriteBatch, out: &mut Vec<u8>) -> Result<(), EncodeEr
     Ok(())
 }
 
-fn put_string(
+pub(super) fn put_string(
     out: &mut Vec<u8>,
     field: &'static str,
     text: &str,
@@ -271,6 +276,8 @@ pub(crate) fn read_body(kind: FrameKind, body: &[u8]) -> Result<Frame, DecodeErr
         FrameKind::Sums => Frame::Sums(resync::read_sums(&mut reader)?),
         FrameKind::Resync => Frame::Resync(resync::read_resync(&mut reader)?),
         FrameKind::ResyncMark => Frame::ResyncMark(resync::read_resync_mark(&mut reader)?),
+        FrameKind::Reprotect => Frame::Reprotect(reprotect::read_reprotect(&mut reader)?),
+        FrameKind::Reprotected => Frame::Reprotected(reprotect::read_reprotected(&mut reader)?),
     };
     reader.finish()?;
     Ok(frame)

@@ -178,7 +178,82 @@ pub(crate) fn samples() -> Vec<Frame> {
             sequence: 15,
             done: true,
         }),
+        Frame::Reprotect(Reprotect {
+            request: 11,
+            group: "group-1".into(),
+            disks: vec![
+                ReprotectDisk {
+                    name: "disk-a".into(),
+                    ranges: vec![(0, 4096), (1 << 20, 65536)],
+                },
+                ReprotectDisk {
+                    name: "disk-b".into(),
+                    ranges: Vec::new(),
+                },
+            ],
+        }),
+        Frame::Reprotected(Reprotected {
+            request: 11,
+            group: 3,
+            delta_bytes: 1 << 30,
+            error: String::new(),
+        }),
     ]
+}
+
+#[test]
+fn reprotect_refuses_bad_ranges_and_names() {
+    let with = |disks: Vec<ReprotectDisk>| {
+        Frame::Reprotect(Reprotect {
+            request: 1,
+            group: "g".into(),
+            disks,
+        })
+    };
+    let disk = |ranges: Vec<(u64, u64)>| ReprotectDisk {
+        name: "d".into(),
+        ranges,
+    };
+    for (frame, field) in [
+        (with(vec![disk(vec![(0, 0)])]), "reprotect.range.length"),
+        (
+            with(vec![disk(vec![(8192, 4096), (0, 4096)])]),
+            "reprotect.range.offset",
+        ),
+        (
+            with(vec![disk(vec![(0, 8192), (4096, 4096)])]),
+            "reprotect.range.offset",
+        ),
+        (with(vec![disk(vec![(u64::MAX, 2)])]), "reprotect.range"),
+        (with(Vec::new()), "reprotect.disks"),
+        (
+            with(vec![ReprotectDisk {
+                name: String::new(),
+                ranges: Vec::new(),
+            }]),
+            "reprotect.disk.name",
+        ),
+    ] {
+        match encode_error(&frame) {
+            EncodeError::Invalid { field: got, .. } => assert_eq!(got, field, "{frame:?}"),
+            other => panic!("{frame:?}: {other:?}"),
+        }
+    }
+    // The decoder refuses the same: a valid frame with its ranges swapped.
+    let good = with(vec![disk(vec![(0, 4096), (8192, 4096)])]);
+    let mut body = encoded(&good)[HEADER_BYTES..].to_vec();
+    // request 8, group 2+1, count 2, name 2+1, ranges 4: then the ranges.
+    let first = 8 + 3 + 2 + 3 + 4;
+    let (a, b) = body[first..first + 32].split_at_mut(16);
+    a.swap_with_slice(b);
+    let bytes = frame_with_body(FrameKind::Reprotect.code(), &body);
+    assert_eq!(
+        decode_all(&bytes),
+        Err(DecodeError::Invalid {
+            field: "reprotect.range.offset",
+            reason: "ranges overlap or are not sorted"
+        })
+    );
 }
 
 #[test]
@@ -360,7 +435,7 @@ fn frame_type_is_covered_by_the_checksum() {
 
 #[test]
 fn unknown_frame_type() {
-    for code in [0, 16, 255] {
+    for code in [0, 18, 255] {
         let bytes = frame_with_body(code, &[]);
         assert_eq!(
             decode_all(&bytes),

@@ -22,6 +22,8 @@ pub enum Frame {
     Sums(super::Sums),
     Resync(super::Resync),
     ResyncMark(super::ResyncMark),
+    Reprotect(super::Reprotect),
+    Reprotected(super::Reprotected),
 }
 
 impl Frame {
@@ -43,6 +45,8 @@ impl Frame {
             Frame::Sums(_) => FrameKind::Sums,
             Frame::Resync(_) => FrameKind::Resync,
             Frame::ResyncMark(_) => FrameKind::ResyncMark,
+            Frame::Reprotect(_) => FrameKind::Reprotect,
+            Frame::Reprotected(_) => FrameKind::Reprotected,
         }
     }
 
@@ -73,10 +77,12 @@ pub enum FrameKind {
     Sums = 13,
     Resync = 14,
     ResyncMark = 15,
+    Reprotect = 16,
+    Reprotected = 17,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 15] = [
+    pub const ALL: [FrameKind; 17] = [
         FrameKind::Hello,
         FrameKind::Write,
         FrameKind::Flush,
@@ -92,6 +98,8 @@ impl FrameKind {
         FrameKind::Sums,
         FrameKind::Resync,
         FrameKind::ResyncMark,
+        FrameKind::Reprotect,
+        FrameKind::Reprotected,
     ];
 
     pub const fn code(self) -> u8 {
@@ -120,6 +128,8 @@ impl FrameKind {
             FrameKind::Sums => "SUMS",
             FrameKind::Resync => "RESYNC",
             FrameKind::ResyncMark => "RESYNC_MARK",
+            FrameKind::Reprotect => "REPROTECT",
+            FrameKind::Reprotected => "REPROTECTED",
         }
     }
 }

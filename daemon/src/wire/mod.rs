@@ -20,6 +20,7 @@ mod error;
 mod frame;
 mod header;
 mod io;
+mod reprotect;
 mod resync;
 
 #[cfg(test)]
@@ -34,6 +35,9 @@ pub use frame::{
     GroupInfo, Heartbeat, Hello, Role, Trim, WriteBatch, WriteRecord,
 };
 pub use io::{read_frame, write_frame};
+pub use reprotect::{
+    Reprotect, ReprotectDisk, Reprotected, REPROTECT_DISKS_MAX, REPROTECT_RANGES_MAX,
+};
 pub use resync::{
     Resync, ResyncMark, ResyncRange, SumRequest, SumSpan, Sums, RESYNC_RANGES_MAX, SUM_BLOCKS_MAX,
     SUM_BLOCK_BYTES_MAX, SUM_BLOCK_BYTES_MIN, SUM_BYTES,

@@ -208,6 +208,44 @@ pub(crate) fn frame() -> impl Strategy<Value = Frame> {
                 done,
             })
         }),
+        (
+            any::<u64>(),
+            "[a-z0-9-]{1,20}",
+            vec(
+                ("[a-z0-9-]{1,12}", vec((0u64..1 << 20, 1u64..1 << 20), 0..5)),
+                1..4
+            )
+        )
+            .prop_map(|(request, group, disks)| {
+                let disks = disks
+                    .into_iter()
+                    .map(|(name, gaps)| {
+                        let mut at = 0u64;
+                        let ranges = gaps
+                            .into_iter()
+                            .map(|(gap, length)| {
+                                let offset = at + gap;
+                                at = offset + length;
+                                (offset, length)
+                            })
+                            .collect();
+                        ReprotectDisk { name, ranges }
+                    })
+                    .collect();
+                Frame::Reprotect(Reprotect {
+                    request,
+                    group,
+                    disks,
+                })
+            }),
+        (any::<u64>(), any::<u32>(), any::<u64>(), "[ -~]{0,40}").prop_map(
+            |(request, group, delta_bytes, error)| Frame::Reprotected(Reprotected {
+                request,
+                group,
+                delta_bytes,
+                error,
+            })
+        ),
     ]
 }
 

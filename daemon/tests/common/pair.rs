@@ -162,6 +162,13 @@ impl TwoDiskTap {
     pub fn uri(&self, disk: &str) -> String {
         format!("nbd://127.0.0.1:{}/{disk}", self.port)
     }
+
+    /// Stops the tap (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for TwoDiskTap {

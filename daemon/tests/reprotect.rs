@@ -1,0 +1,227 @@
+//! Reprotect: after a failover committed at the target, the group
+//! replicates back to the original site, which sends only what differs.
+//! Driven as an operator would, with qemu-io and nbdcopy.
+
+mod common;
+
+use common::pair::{Pair, TwoDiskTap};
+use common::{pseudo_random, sha256_hex, Daemon};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const SIZE: u64 = 32 << 20;
+const MIB: u64 = 1 << 20;
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn qemu_io(uri: &str, command: &str) {
+    let output = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", command, uri])
+        .output()
+        .expect("qemu-io (qemu-utils)");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !text.contains("fail"),
+        "qemu-io {command} {uri}: {text}"
+    );
+}
+
+fn nbdcopy(from: &str, to: &str) {
+    let output = Command::new("nbdcopy")
+        .args([from, to])
+        .output()
+        .expect("nbdcopy (libnbd-bin)");
+    assert!(
+        output.status.success(),
+        "nbdcopy {from} {to}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn bookmark(gateway: &Daemon, name: &str) -> u64 {
+    json(&gateway.cli_ok(&["bookmark", "group-1", "--name", name, "--json"]))["sequence"]
+        .as_u64()
+        .unwrap()
+}
+
+fn uri_of(exports: &serde_json::Value, disk: &str) -> String {
+    exports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["disk"] == disk)
+        .unwrap_or_else(|| panic!("no export of {disk}: {exports:#}"))["uri"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// sha256 of what an NBD export serves.
+fn export_sha(uri: &str, scratch: &Path) -> String {
+    let out = scratch.join("copy.img");
+    let _ = fs::remove_file(&out);
+    nbdcopy(uri, out.to_str().unwrap());
+    let sha = sha256_hex(&fs::read(&out).unwrap());
+    fs::remove_file(&out).unwrap();
+    sha
+}
+
+/// Waits until `gateway` (the original site, now a target) has applied
+/// `sequence` of the group replicated back to it.
+fn wait_applied_back(gateway: &Daemon, sequence: u64) {
+    gateway.wait_for(
+        "the original site to apply",
+        Duration::from_secs(90),
+        |status| {
+            status["target_groups"]
+                .as_array()
+                .and_then(|groups| groups.iter().find(|g| g["name"] == "group-1"))
+                .and_then(|group| group["applied_through"].as_u64())
+                .is_some_and(|applied| applied >= sequence)
+        },
+    );
+}
+
+#[test]
+fn reprotect_sends_back_only_what_differs_and_replicates_on() {
+    let pair = Pair::start("");
+    let (a, b) = (&pair.source, &pair.target);
+    let mut tap = TwoDiskTap::start(a, SIZE);
+    let scratch = tempfile::tempdir().unwrap();
+    // Protect and write: both disks full of data.
+    for (disk, seed) in [("disk-a", 1), ("disk-b", 2)] {
+        let data = scratch.path().join(format!("{disk}.data"));
+        fs::write(&data, pseudo_random(seed, SIZE as usize)).unwrap();
+        nbdcopy(data.to_str().unwrap(), &tap.uri(disk));
+    }
+    let before = bookmark(a, "before");
+    pair.wait_applied(before, Duration::from_secs(60));
+
+    // Fail over at B; the original site writes on (1 MiB, never shipped:
+    // B refuses it), B writes through its failover disks, commits, writes.
+    let failed = json(&b.cli_ok(&[
+        "failover",
+        "group-1",
+        "--point",
+        "bookmark:before",
+        "--json",
+    ]));
+    qemu_io(&tap.uri("disk-a"), "write -P 0x61 4M 1M");
+    bookmark(a, "local");
+    let (b_a, b_b) = (
+        uri_of(&failed["exports"], "disk-a"),
+        uri_of(&failed["exports"], "disk-b"),
+    );
+    qemu_io(&b_a, "write -P 0x62 8M 2M");
+    qemu_io(&b_b, "write -P 0x63 0 512k");
+    b.cli_ok(&["commit", "group-1"]);
+    qemu_io(&b_b, "write -P 0x64 16M 1M");
+
+    // Reprotect at the original site: refused while the tap serves the
+    // disks, then without --discard-local (it would lose 1 MiB), then done.
+    let replicas: Vec<String> = ["disk-a", "disk-b"]
+        .iter()
+        .map(|d| {
+            format!(
+                "{d}={}",
+                tap.directory.path().join(format!("{d}.img")).display()
+            )
+        })
+        .collect();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["reprotect".to_string(), "group-1".to_string()];
+        for replica in &replicas {
+            args.push("--disk".into());
+            args.push(replica.clone());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |extra: &[&str]| {
+        let args = args(extra);
+        a.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(why.contains("tap still serves"), "{why}");
+    tap.stop();
+    a.wait_for("the tap to detach", Duration::from_secs(20), |status| {
+        status["protected_disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["attached"] == false)
+    });
+    let refused = run(&[]);
+    let why = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success());
+    assert!(
+        why.contains("1048576 bytes") && why.contains("--discard-local"),
+        "{why}"
+    );
+    let done = run(&["--discard-local", "--json"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let outcome = json(&String::from_utf8_lossy(&done.stdout));
+    // B's change maps: 2 MiB + 512 KiB written at failover, 1 MiB since the
+    // commit, plus the original site's unshipped 1 MiB.
+    assert_eq!(
+        outcome["delta_bytes"].as_u64().unwrap(),
+        4 * MIB + MIB / 2,
+        "{outcome:#}"
+    );
+    assert_eq!(outcome["discarded_bytes"].as_u64().unwrap(), MIB);
+    // The original site no longer takes its tap's writes for the group.
+    let status = a.status();
+    assert!(
+        status["protected_disks"].as_array().unwrap().is_empty(),
+        "{status:#}"
+    );
+    assert_eq!(status["reversed"][0]["group"], "group-1", "{status:#}");
+
+    // Replication runs back: B writes on; a bookmark at B reaches A.
+    qemu_io(&b_a, "write -P 0x65 20M 1M");
+    let after = bookmark(b, "after");
+    wait_applied_back(a, after);
+    for (disk, uri) in [("disk-a", &b_a), ("disk-b", &b_b)] {
+        let primary = tap.directory.path().join(format!("{disk}.img"));
+        assert_eq!(
+            sha256_hex(&fs::read(&primary).unwrap()),
+            export_sha(uri, scratch.path()),
+            "{disk}: the original disk differs from the failed-over one"
+        );
+    }
+    // What B shipped is within 2x of what changed (4.5 MiB + 1 MiB).
+    let shipped: u64 = b.status()["shipping"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["group"] == "group-1")
+        .map(|s| s["raw_bytes_sent"].as_u64().unwrap())
+        .sum();
+    let changed = 5 * MIB + MIB / 2;
+    assert!(
+        shipped >= changed && shipped <= 2 * changed,
+        "shipped {shipped} for {changed} changed"
+    );
+    // Points at the original site: the bookmark taken at B is there, and
+    // the point inside the delta is refused as not consistent.
+    let points = json(&a.cli_ok(&["points", "group-1", "--json"]));
+    assert!(
+        points["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["bookmark"] == "after"),
+        "{points:#}"
+    );
+}
