@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The tap name of a disk replicated back from this site's committed
 /// failover disk (not a pinnable name: pinned names cannot hold `@`).
@@ -84,9 +85,11 @@ pub fn progress() -> Vec<DeltaProgress> {
         .collect()
 }
 
-/// Wakes of the delta senders running, by group.
-fn senders() -> &'static Mutex<HashMap<String, Arc<tokio::sync::Notify>>> {
-    static SENDERS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Notify>>>> = OnceLock::new();
+/// The delta senders running, by group: their wake and their stop.
+type Senders = HashMap<String, (Arc<tokio::sync::Notify>, CancellationToken)>;
+
+fn senders() -> &'static Mutex<Senders> {
+    static SENDERS: OnceLock<Mutex<Senders>> = OnceLock::new();
     SENDERS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -516,7 +519,7 @@ async fn install(appliance: &Arc<Appliance>, group: &str) -> Result<u64, String>
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(group)
-        .cloned();
+        .map(|(wake, _)| wake.clone());
     let wake = existing
         .clone()
         .unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
@@ -545,11 +548,18 @@ async fn install(appliance: &Arc<Appliance>, group: &str) -> Result<u64, String>
     match existing {
         Some(wake) => wake.notify_one(),
         None => {
+            let stop = CancellationToken::new();
             senders()
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(group.to_string(), wake.clone());
-            tokio::spawn(run_delta(appliance.clone(), group.to_string(), disks, wake));
+                .insert(group.to_string(), (wake.clone(), stop.clone()));
+            tokio::spawn(run_delta(
+                appliance.clone(),
+                group.to_string(),
+                disks,
+                wake,
+                stop,
+            ));
         }
     }
     Ok(delta)
@@ -589,8 +599,9 @@ async fn run_delta(
     group: String,
     disks: Vec<(String, PointDisk)>,
     wake: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
 ) {
-    loop {
+    while !stop.is_cancelled() {
         let pending: u64 = disks.iter().map(|(_, d)| d.changed_bytes()).sum();
         if pending > 0 {
             update(&group, |p| {
@@ -610,12 +621,18 @@ async fn run_delta(
                         p.running = false;
                         p.error = Some(error);
                     });
-                    tokio::time::sleep(DELTA_RETRY).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(DELTA_RETRY) => {}
+                        _ = stop.cancelled() => return,
+                    }
                     continue;
                 }
             }
         }
-        wake.notified().await;
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }
 
@@ -665,6 +682,259 @@ async fn send_delta(
         "reprotect delta staged"
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Failback: the original site takes the group back.
+
+/// How long failback waits for the last of the data to be applied here.
+const FAILBACK_APPLY_LIMIT: Duration = Duration::from_secs(1800);
+/// How long the failed-over site waits for its delta to be staged.
+const FAILBACK_DELTA_LIMIT: Duration = Duration::from_secs(600);
+
+/// What `drgw failback` answers (original site).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FailbackOutcome {
+    pub group: String,
+    pub peer: String,
+    /// The sequence of the peer's last bookmark (`failback`), applied here.
+    pub final_sequence: u64,
+    /// Where this site's sequence of the group continues.
+    pub resumes_at: u64,
+    pub message: String,
+}
+
+/// `drgw failback GROUP`, on the original site: the failed-over site stops
+/// its disks and sends the last of its writes, this site applies them, and
+/// the group is protected here again, replicating to the other site, which
+/// takes it as its target once more (its replicas hold the same data).
+pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<FailbackOutcome, String> {
+    let text = |e: crate::catalog::CatalogError| e.to_string();
+    let record = appliance
+        .catalog
+        .reversed()
+        .map_err(text)?
+        .into_iter()
+        .find(|r| r.group == group)
+        .ok_or_else(|| {
+            format!(
+                "group {group} is not replicated back to this appliance: failback follows `drgw reprotect` (run here)"
+            )
+        })?;
+    let peer = record.peer.clone();
+    let step = |step: u8| crate::wire::Failback {
+        request: appliance.calls.request_id(),
+        group: group.to_string(),
+        step,
+    };
+    // 1. The other site stops its disks and stages a last bookmark.
+    let last = appliance
+        .calls
+        .failback(&peer, step(crate::wire::FAILBACK_QUIESCE))
+        .await?;
+    // 2. Everything through it is applied here.
+    let target = appliance
+        .targets
+        .find(&format!("{peer}/{group}"))
+        .map_err(|e| e.to_string())?;
+    let mut applied = target.subscribe_applied();
+    let waited = tokio::time::timeout(FAILBACK_APPLY_LIMIT, async {
+        while *applied.borrow_and_update() < last {
+            if applied.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    if waited.is_err() || target.applied_through() < last {
+        return Err(format!(
+            "sequence {last} from {peer} was not applied here within {} s (applied through {}): run failback again",
+            FAILBACK_APPLY_LIMIT.as_secs(),
+            target.applied_through()
+        ));
+    }
+    // 3. The other site takes the group as its target again.
+    let held = appliance
+        .calls
+        .failback(&peer, step(crate::wire::FAILBACK_RETURN))
+        .await?;
+    // 4. The group is protected here again, its sequence continuing after
+    // what the other site holds.
+    appliance
+        .targets
+        .retire(&peer, target.group_id())
+        .map_err(|e| e.to_string())?;
+    drop(target);
+    appliance.catalog.unreverse_group(&record).map_err(text)?;
+    let (group_id, name) = (record.disks[0].group_id, record.disks[0].group.clone());
+    appliance.ingest.set_sequence_floor(group_id, held + 1);
+    appliance.refresh_disks().map_err(text)?;
+    appliance
+        .ingest
+        .stage(vec![crate::ingest::StageBatch {
+            group_id,
+            group: name,
+            bodies: vec![crate::staging::RecordBody::Bookmark {
+                name: "failback".into(),
+                unix_ms: crate::clock::unix_millis(),
+            }],
+            per_disk: Vec::new(),
+        }])
+        .await
+        .map_err(|e| e.to_string())?;
+    appliance.targets.unplace(&peer, group);
+    let message = format!(
+        "failed back: this site's disks hold {peer}'s last state (its sequence {last}); group {group} is protected here again and replicates to {peer} from sequence {}: start this site's tap",
+        held + 1
+    );
+    tracing::warn!(group, peer = %peer, "{message}");
+    Ok(FailbackOutcome {
+        group: group.to_string(),
+        peer,
+        final_sequence: last,
+        resumes_at: held + 1,
+        message,
+    })
+}
+
+/// Answers a FAILBACK step from the original site.
+pub async fn answer_failback(
+    appliance: &Arc<Appliance>,
+    peer: &str,
+    request: crate::wire::Failback,
+) -> crate::wire::FailedBack {
+    let result = match request.step {
+        crate::wire::FAILBACK_QUIESCE => quiesce(appliance, peer, &request.group).await,
+        _ => give_back(appliance, peer, &request.group).await,
+    };
+    match result {
+        Ok(sequence) => crate::wire::FailedBack {
+            request: request.request,
+            sequence,
+            error: String::new(),
+        },
+        Err(error) => {
+            tracing::warn!(peer, group = %request.group, %error, "failback step refused");
+            crate::wire::FailedBack {
+                request: request.request,
+                sequence: 0,
+                error: crate::link::truncate(error, crate::wire::ERROR_MESSAGE_BYTES_MAX),
+            }
+        }
+    }
+}
+
+/// The reverse group's disks here, checked.
+fn reversed_here(
+    appliance: &Arc<Appliance>,
+    peer: &str,
+    group: &str,
+) -> Result<Vec<ProtectedDisk>, String> {
+    let disks: Vec<ProtectedDisk> = appliance
+        .catalog
+        .disks()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|d| d.group == group && d.tap == FAILOVER_TAP && d.peer.as_deref() == Some(peer))
+        .collect();
+    if disks.is_empty() {
+        return Err(format!(
+            "group {group} is not replicated back from here to {peer}"
+        ));
+    }
+    Ok(disks)
+}
+
+/// Failback step 1 (failed-over site): stop serving the disks, let the
+/// delta finish, stage the last bookmark; returns its sequence.
+async fn quiesce(appliance: &Arc<Appliance>, peer: &str, group: &str) -> Result<u64, String> {
+    reversed_here(appliance, peer, group)?;
+    let served = appliance
+        .recovery
+        .unserve(&format!("{peer}/{group}"))
+        .map_err(|e| e.to_string())?;
+    tracing::warn!(
+        group,
+        peer,
+        disks = served,
+        "failback: the disks are no longer served here"
+    );
+    let (_, disks) = appliance
+        .recovery
+        .committed_disks(&format!("{peer}/{group}"))
+        .map_err(|e| e.to_string())?;
+    let wake = senders()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(group)
+        .map(|(wake, _)| wake.clone());
+    let started = std::time::Instant::now();
+    loop {
+        let pending: u64 = disks.iter().map(|(_, d)| d.changed_bytes()).sum();
+        let running = progress().iter().any(|p| p.group == group && p.running);
+        if pending == 0 && !running {
+            break;
+        }
+        if started.elapsed() > FAILBACK_DELTA_LIMIT {
+            return Err(format!(
+                "the delta still holds {pending} bytes after {} s",
+                FAILBACK_DELTA_LIMIT.as_secs()
+            ));
+        }
+        if let Some(wake) = &wake {
+            wake.notify_one();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (sequence, _) = appliance
+        .ingest
+        .bookmark(group, "failback")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(sequence)
+}
+
+/// Failback step 2 (failed-over site): stop replicating the group back and
+/// take it as this appliance's target again; returns the sequence its
+/// replicas hold through.
+async fn give_back(appliance: &Arc<Appliance>, peer: &str, group: &str) -> Result<u64, String> {
+    let disks = reversed_here(appliance, peer, group)?;
+    if let Some((_, stop)) = senders()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(group)
+    {
+        stop.cancel();
+    }
+    board()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(group);
+    for disk in &disks {
+        appliance
+            .catalog
+            .unprotect_disk(&disk.name)
+            .map_err(|e| e.to_string())?;
+    }
+    appliance.refresh_disks().map_err(|e| e.to_string())?;
+    if let Err(error) = appliance.ingest.discard_group(disks[0].group_id).await {
+        tracing::warn!(group, %error, "the reverse group's staging could not be removed");
+    }
+    let held = appliance
+        .recovery
+        .return_to_protected(
+            &format!("{peer}/{group}"),
+            &format!("failed back to {peer}: it protects the group again and replicates it here"),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::warn!(
+        group,
+        peer,
+        held,
+        "failed back: the group is replicated here again"
+    );
+    Ok(held)
 }
 
 #[cfg(test)]

@@ -213,8 +213,7 @@ fn reprotect_sends_back_only_what_differs_and_replicates_on() {
         shipped >= changed && shipped <= 2 * changed,
         "shipped {shipped} for {changed} changed"
     );
-    // Points at the original site: the bookmark taken at B is there, and
-    // the point inside the delta is refused as not consistent.
+    // Points at the original site: the bookmark taken at B is there.
     let points = json(&a.cli_ok(&["points", "group-1", "--json"]));
     assert!(
         points["points"]
@@ -224,4 +223,58 @@ fn reprotect_sends_back_only_what_differs_and_replicates_on() {
             .any(|p| p["bookmark"] == "after"),
         "{points:#}"
     );
+
+    // Failback: B's last writes come home, then the original direction
+    // again, continuing the sequence B's replicas hold.
+    qemu_io(&b_b, "write -P 0x66 24M 1M");
+    let back = json(&a.cli_ok(&["failback", "group-1", "--json"]));
+    assert!(
+        back["resumes_at"].as_u64().unwrap() > back["final_sequence"].as_u64().unwrap() / 2,
+        "{back:#}"
+    );
+    let b_status = b.status();
+    let replicas: Vec<(String, String)> = b_status["target_groups"][0]["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_string(),
+                d["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        b_status["recovery"]["groups"][0]["state"], "protected",
+        "{b_status:#}"
+    );
+    assert!(
+        b_status["protected_disks"].as_array().unwrap().is_empty(),
+        "{b_status:#}"
+    );
+    for (disk, replica) in &replicas {
+        let primary = tap.directory.path().join(format!("{disk}.img"));
+        assert_eq!(
+            sha256_hex(&fs::read(&primary).unwrap()),
+            sha256_hex(&fs::read(replica).unwrap()),
+            "{disk}: after failback the original disk and B's replica differ"
+        );
+    }
+    // The failed-over disks are no longer served at B.
+    let gone = Command::new("nbdinfo").arg(&b_a).output().unwrap();
+    assert!(!gone.status.success(), "{b_a} is still served");
+    // The tap at the original site writes again, replicated to B.
+    tap.restart(a);
+    qemu_io(&tap.uri("disk-a"), "write -P 0x67 28M 1M");
+    let home = bookmark(a, "home");
+    pair.wait_applied(home, Duration::from_secs(60));
+    for (disk, replica) in &replicas {
+        let primary = tap.directory.path().join(format!("{disk}.img"));
+        assert_eq!(
+            sha256_hex(&fs::read(&primary).unwrap()),
+            sha256_hex(&fs::read(replica).unwrap()),
+            "{disk}: B's replica does not follow the original disk again"
+        );
+    }
+    assert!(a.status()["target_groups"].as_array().unwrap().is_empty());
 }

@@ -72,4 +72,32 @@ impl Catalog {
         }
         transaction.commit().map_err(|e| self.database_error(e))
     }
+
+    /// Failback: the group's disks are protected again as they were (same
+    /// numbers, taps and target), and the reversal is forgotten, in one
+    /// transaction.
+    pub fn unreverse_group(&self, record: &ReversedGroup) -> Result<(), CatalogError> {
+        let transaction = self
+            .database
+            .begin_write()
+            .map_err(|e| self.database_error(e))?;
+        {
+            let mut disks = transaction
+                .open_table(super::DISKS)
+                .map_err(|e| self.database_error(e))?;
+            for disk in &record.disks {
+                let bytes = serde_json::to_vec(disk).expect("serializable");
+                disks
+                    .insert(disk.name.as_str(), bytes.as_slice())
+                    .map_err(|e| self.database_error(e))?;
+            }
+            let mut table = transaction
+                .open_table(REVERSED)
+                .map_err(|e| self.database_error(e))?;
+            table
+                .remove(record.group.as_str())
+                .map_err(|e| self.database_error(e))?;
+        }
+        transaction.commit().map_err(|e| self.database_error(e))
+    }
 }

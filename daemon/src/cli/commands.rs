@@ -236,6 +236,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             })
         }
+        Command::Failback { group, json } => {
+            let value = call(&cli.global, Request::Failback { group })?;
+            emit(json, &value, || {
+                println!(
+                    "{}: {}",
+                    value["group"].as_str().unwrap_or_default(),
+                    value["message"].as_str().unwrap_or_default()
+                )
+            })
+        }
         Command::Events { json } => {
             let value = call(&cli.global, Request::Events)?;
             emit(json, &value, || print::events(&value))

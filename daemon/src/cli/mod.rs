@@ -286,6 +286,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take a reprotected group back to this (original) site
+    #[command(
+        after_help = "Run on the original site, after `drgw reprotect`, once the VM at the other \
+                      site is shut down: the other site stops serving the disks and sends the last \
+                      of its writes, this site applies them, and the group is protected here again \
+                      and replicates to the other site. Then start this site's tap and the VM."
+    )]
+    Failback {
+        /// The group's name
+        group: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent events: RPO crossings, retention trimmed for space
     Events {
         /// Print JSON instead of text

@@ -119,6 +119,9 @@ pub async fn handle(
                 discard_local,
             ))
             .map(to_value)?,
+        Request::Failback { group } => tokio::runtime::Handle::current()
+            .block_on(crate::reprotect::failback(&appliance, &group))
+            .map(to_value)?,
         request => super::recovery::transition(&appliance, request).and_then(to_value),
     })
     .await;

@@ -160,6 +160,10 @@ pub enum Request {
         #[serde(default)]
         discard_local: bool,
     },
+    /// Take a reprotected group back to this (original) site.
+    Failback {
+        group: String,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

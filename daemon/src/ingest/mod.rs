@@ -179,6 +179,8 @@ pub struct Ingest {
     /// Groups whose staging failed to open, and why (until a restart).
     problems: Mutex<HashMap<u32, (String, String)>>,
     counters: Mutex<HashMap<String, (RateWindow, u32)>>,
+    /// First sequences of groups whose staging is created anew (failback).
+    floors: Mutex<HashMap<u32, u64>>,
 }
 
 impl Ingest {
@@ -191,6 +193,7 @@ impl Ingest {
             logs: tokio::sync::Mutex::new(HashMap::new()),
             problems: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
+            floors: Mutex::new(HashMap::new()),
         };
         ingest.replace_disks(disks);
         ingest
@@ -267,6 +270,14 @@ impl Ingest {
         let mut config = StagingConfig::new(directory, group_id, self.plan.capacity_bytes);
         config.segment_bytes = self.plan.segment_bytes;
         config.encryption_key = self.plan.encryption_key;
+        if let Some(floor) = self
+            .floors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group_id)
+        {
+            config.sequence_floor = *floor;
+        }
         let name = group.to_string();
         let opened = tokio::task::spawn_blocking(move || StagingLog::open(config))
             .await
@@ -328,6 +339,15 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+
+    /// A group's staging, when created anew, starts at `sequence` (failback:
+    /// the target holds the group through `sequence - 1`).
+    pub fn set_sequence_floor(&self, group_id: u32, sequence: u64) {
+        self.floors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group_id, sequence);
     }
 
     /// Forgets a group's staging and deletes it from the cache volume (its

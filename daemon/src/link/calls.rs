@@ -5,7 +5,7 @@
 //! answer's sender until the answer comes back. A session that ends drops
 //! its senders, so a waiting request fails at once.
 
-use crate::wire::{Reprotect, Reprotected, SumRequest, Sums};
+use crate::wire::{Failback, FailedBack, Reprotect, Reprotected, SumRequest, Sums};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -28,6 +28,10 @@ pub enum PeerCall {
     Reprotect {
         request: Reprotect,
         answer: oneshot::Sender<Reprotected>,
+    },
+    Failback {
+        request: Failback,
+        answer: oneshot::Sender<FailedBack>,
     },
 }
 
@@ -82,6 +86,25 @@ impl PeerCalls {
             .map_err(|_| format!("the link to {peer} closed"))?;
         match tokio::time::timeout(REPROTECT_TIMEOUT, answered).await {
             Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(format!("the link to {peer} closed before it answered")),
+            Err(_) => Err(format!(
+                "{peer} did not answer within {} s",
+                REPROTECT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Sends a failback step to `peer`; the answer's sequence, or why not.
+    pub async fn failback(&self, peer: &str, request: Failback) -> Result<u64, String> {
+        let sender = self.sender(peer)?;
+        let (answer, answered) = oneshot::channel();
+        sender
+            .send(PeerCall::Failback { request, answer })
+            .await
+            .map_err(|_| format!("the link to {peer} closed"))?;
+        match tokio::time::timeout(REPROTECT_TIMEOUT, answered).await {
+            Ok(Ok(answer)) if answer.error.is_empty() => Ok(answer.sequence),
+            Ok(Ok(answer)) => Err(format!("{peer} refused: {}", answer.error)),
             Ok(Err(_)) => Err(format!("the link to {peer} closed before it answered")),
             Err(_) => Err(format!(
                 "{peer} did not answer within {} s",

@@ -260,6 +260,8 @@ async fn appliance_loop<S: AsyncWrite>(
     let mut sums_pending: HashMap<u64, tokio::sync::oneshot::Sender<wire::Sums>> = HashMap::new();
     let mut reprotect_pending: HashMap<u64, tokio::sync::oneshot::Sender<wire::Reprotected>> =
         HashMap::new();
+    let mut failback_pending: HashMap<u64, tokio::sync::oneshot::Sender<wire::FailedBack>> =
+        HashMap::new();
     loop {
         tokio::select! {
             _ = context.cancel.cancelled() => return Ok(()),
@@ -279,6 +281,10 @@ async fn appliance_loop<S: AsyncWrite>(
                     wire::write_frame(writer, &Frame::Reprotect(request.clone())).await?;
                     reprotect_pending.insert(request.request, answer);
                 }
+                Some(crate::link::PeerCall::Failback { request, answer }) => {
+                    wire::write_frame(writer, &Frame::Failback(request.clone())).await?;
+                    failback_pending.insert(request.request, answer);
+                }
                 None => {}
             },
             frame = next_frame(inbox) => match frame? {
@@ -295,8 +301,24 @@ async fn appliance_loop<S: AsyncWrite>(
                 Frame::Group(info) => {
                     liveness.seen();
                     let group = info.group;
+                    // A group this appliance replicates to that peer itself is
+                    // never also taken from it (split brain: both sites would
+                    // be primaries). Reprotect and failback turn it around.
+                    let own = appliance
+                        .ingest
+                        .disks()
+                        .into_iter()
+                        .any(|d| d.group == info.name && d.peer.as_deref() == Some(peer));
                     // A group whose journal here is unusable is refused alone.
-                    let sequence_durable = match appliance.targets.announce(peer, info).await {
+                    let announced = if own {
+                        Err(crate::target::TargetError::Held(format!(
+                            "this appliance replicates group {} to {peer} itself",
+                            info.name
+                        )))
+                    } else {
+                        appliance.targets.announce(peer, info).await
+                    };
+                    let sequence_durable = match announced {
                         Ok(target) => target.received_through(),
                         Err(error) => {
                             tracing::warn!(peer = %peer, group, %error, "group refused");
@@ -344,6 +366,27 @@ async fn appliance_loop<S: AsyncWrite>(
                         let answer = crate::reprotect::accept(&appliance, &peer, request).await;
                         let _ = replies.send(Frame::Reprotected(answer)).await;
                     });
+                }
+                Frame::Failback(request) => {
+                    liveness.seen();
+                    let appliance = appliance.clone();
+                    let peer = peer.to_string();
+                    let replies = replies.clone();
+                    tokio::spawn(async move {
+                        let answer =
+                            crate::reprotect::answer_failback(&appliance, &peer, request).await;
+                        let _ = replies.send(Frame::FailedBack(answer)).await;
+                    });
+                }
+                Frame::FailedBack(answer) => {
+                    liveness.seen();
+                    let waiting = failback_pending.remove(&answer.request).ok_or_else(|| {
+                        SessionError::Protocol(format!(
+                            "FAILED_BACK {} was not asked for",
+                            answer.request
+                        ))
+                    })?;
+                    let _ = waiting.send(answer);
                 }
                 Frame::Reprotected(answer) => {
                     liveness.seen();

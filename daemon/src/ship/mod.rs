@@ -133,6 +133,12 @@ impl SourceSide {
             let retry_at: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
             loop {
                 let groups = groups_for(&appliance, &peer);
+                // A group no longer shipped here forgets its wait: when it
+                // comes back (failback), it ships at once.
+                retry_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|id, _| groups.contains_key(id));
                 for (id, disks) in &groups {
                     if running.contains_key(id) {
                         continue;

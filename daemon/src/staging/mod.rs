@@ -64,6 +64,10 @@ pub struct StagingConfig {
     /// Largest group-commit batch; default 8 MiB. Also bounds one record.
     pub batch_bytes_max: usize,
     pub encryption_key: Option<[u8; 32]>,
+    /// The first sequence of a log that holds no segment yet (default 1):
+    /// a group protected again after failback continues the sequence its
+    /// target holds. Kept by the first segment's header once written.
+    pub sequence_floor: u64,
 }
 
 impl StagingConfig {
@@ -81,6 +85,7 @@ impl StagingConfig {
             queue_depth: Self::QUEUE_DEPTH_DEFAULT,
             batch_bytes_max: Self::BATCH_BYTES_DEFAULT,
             encryption_key: None,
+            sequence_floor: 1,
         }
     }
 

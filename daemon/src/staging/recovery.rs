@@ -183,7 +183,7 @@ fn finish(
     let sequence_next = segments
         .values()
         .next_back()
-        .map_or(1, |s| s.sequence_end());
+        .map_or(config.sequence_floor.max(1), |s| s.sequence_end());
     let sequence_first_on_disk = segments
         .values()
         .next()

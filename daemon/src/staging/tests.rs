@@ -16,6 +16,7 @@ fn small_config(directory: &Path) -> StagingConfig {
         queue_depth: 8,
         batch_bytes_max: 64 * 1024,
         encryption_key: None,
+        sequence_floor: 1,
     }
 }
 
@@ -762,4 +763,24 @@ mod model {
             run(steps);
         }
     }
+}
+
+#[test]
+fn a_new_log_starts_at_its_floor_and_keeps_it_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StagingConfig {
+        sequence_floor: 1001,
+        ..small_config(dir.path())
+    };
+    runtime().block_on(async {
+        let (log, _) = StagingLog::open(config.clone()).unwrap();
+        let range = log.append(vec![write(1, 4096)]).await.unwrap();
+        assert_eq!(range, 1001..1002);
+        drop(log);
+        // Reopened without the floor: the segment header keeps the numbering.
+        let (log, report) = StagingLog::open(small_config(dir.path())).unwrap();
+        assert_eq!(report.first_sequence, Some(1001));
+        let range = log.append(vec![write(2, 4096)]).await.unwrap();
+        assert_eq!(range, 1002..1003);
+    });
 }

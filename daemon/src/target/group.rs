@@ -389,6 +389,11 @@ impl TargetGroup {
         Ok(blob)
     }
 
+    /// The source's number of the group.
+    pub fn group_id(&self) -> u32 {
+        self.lock_state().group
+    }
+
     /// The last sequence durable here: where the source resumes.
     pub fn received_through(&self) -> u64 {
         self.received_through.load(Ordering::SeqCst)
@@ -832,7 +837,7 @@ impl TargetGroup {
         Ok(())
     }
 
-    fn sync_replicas(&self) -> Result<(), TargetError> {
+    pub(crate) fn sync_replicas(&self) -> Result<(), TargetError> {
         for file in self
             .replicas
             .read()

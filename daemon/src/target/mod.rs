@@ -247,6 +247,8 @@ pub struct TargetRegistry {
     /// (peer, group name) → disk name → replica path, for a group not yet
     /// here whose replicas must be given disks (reprotect).
     placements: Mutex<BTreeMap<(String, String), BTreeMap<String, PathBuf>>>,
+    /// Each open group's applier, to stop it when the group is retired.
+    appliers: Mutex<BTreeMap<(String, u32), CancellationToken>>,
     /// Groups that failed to open, and why.
     problems: Mutex<BTreeMap<String, String>>,
     cancel: CancellationToken,
@@ -263,6 +265,7 @@ impl TargetRegistry {
             policy,
             groups: Mutex::new(BTreeMap::new()),
             placements: Mutex::new(BTreeMap::new()),
+            appliers: Mutex::new(BTreeMap::new()),
             problems: Mutex::new(BTreeMap::new()),
             cancel,
         }
@@ -282,6 +285,49 @@ impl TargetRegistry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(peer.to_string(), group.to_string()));
+    }
+
+    /// Failback: the group replicated back here from `peer` ends. Its
+    /// applier stops and its journal and state are deleted; its replicas
+    /// (this site's own disks) stay.
+    pub fn retire(&self, peer: &str, group: u32) -> Result<(), TargetError> {
+        let key = (peer.to_string(), group);
+        if let Some(applier) = self
+            .appliers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
+            applier.cancel();
+        }
+        let removed = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        if let Some(group) = &removed {
+            group.sync_replicas()?;
+        }
+        let directory = self.directory(peer, group);
+        for part in ["redo", "undo", "changed", "failover", "test-failover"] {
+            let path = directory.join(part);
+            match std::fs::remove_dir_all(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(TargetError::io(&path, error))
+                }
+                _ => {}
+            }
+        }
+        let state = directory.join(state::STATE_FILE);
+        match std::fs::remove_file(&state) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(TargetError::io(&state, error))
+            }
+            _ => {}
+        }
+        // Empty unless a replica lives inside it.
+        let _ = std::fs::remove_dir(&directory);
+        Ok(())
     }
 
     fn directory(&self, peer: &str, group: u32) -> PathBuf {
@@ -349,7 +395,12 @@ impl TargetRegistry {
         tracing::info!(peer, group = %opened.name(), received_through = opened.received_through(),
             applied_through = opened.applied_through(), "target group open");
         let runtime = tokio::runtime::Handle::current();
-        runtime.spawn(opened.clone().run_applier(self.cancel.child_token()));
+        let applier = self.cancel.child_token();
+        self.appliers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), applier.clone());
+        runtime.spawn(opened.clone().run_applier(applier));
         self.groups
             .lock()
             .unwrap_or_else(|p| p.into_inner())

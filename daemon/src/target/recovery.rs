@@ -184,6 +184,43 @@ impl Recovery {
         Ok((target, disks))
     }
 
+    /// Failback, first step: the committed disks of `group` stop being
+    /// served (their connections end; the VM there must be off), but stay
+    /// open for the last of the delta. Returns how many were served.
+    pub fn unserve(&self, group: &str) -> Result<usize, TargetError> {
+        let (target, disks) = self.committed_disks(group)?;
+        for (replica, _) in &disks {
+            self.nbd
+                .remove_export(&format!("{}-{}", target.name(), replica.name));
+        }
+        Ok(disks.len())
+    }
+
+    /// Failback, last step: the group is this appliance's to protect again
+    /// (the original site replicates it here once more, continuing its
+    /// sequence): the committed disks are closed, the hold is lifted and
+    /// the state is `protected`. Returns the sequence the replicas hold.
+    pub async fn return_to_protected(&self, group: &str, note: &str) -> Result<u64, TargetError> {
+        let _busy = self.busy.lock().await;
+        let (target, _) = self.committed_disks(group)?;
+        let name = target.name();
+        for (_, overlay) in self.withdraw(|e| e.group == name) {
+            discard(overlay).await;
+        }
+        let key = key_of(&target);
+        self.catalog
+            .set_recovery(&key, &name, RecoveryState::Protected, note, None)
+            .map_err(catalog_error)?;
+        let changed = target.directory.join("changed");
+        if let Err(error) = tokio::fs::remove_dir_all(&changed).await {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                return Err(TargetError::io(&changed, error));
+            }
+        }
+        target.set_hold(None);
+        Ok(target.received_through())
+    }
+
     /// Records `note` in a group's history, its state unchanged.
     pub fn note(&self, target: &TargetGroup, note: &str) -> Result<(), TargetError> {
         let key = key_of(target);

@@ -50,6 +50,8 @@ pub(crate) fn body_bytes(frame: &Frame) -> usize {
         Frame::ResyncMark(_) => 4 + 8 + 1,
         Frame::Reprotect(reprotect) => reprotect::reprotect_bytes(reprotect),
         Frame::Reprotected(reprotected) => reprotect::reprotected_bytes(reprotected),
+        Frame::Failback(failback) => reprotect::failback_bytes(failback),
+        Frame::FailedBack(answer) => reprotect::failed_back_bytes(answer),
     }
 }
 
@@ -137,6 +139,8 @@ pub(crate) fn write_body(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeE
         Frame::ResyncMark(mark) => resync::put_resync_mark(mark, out),
         Frame::Reprotect(reprotect) => reprotect::put_reprotect(reprotect, out)?,
         Frame::Reprotected(reprotected) => reprotect::put_reprotected(reprotected, out)?,
+        Frame::Failback(failback) => reprotect::put_failback(failback, out)?,
+        Frame::FailedBack(answer) => reprotect::put_failed_back(answer, out)?,
     }
     Ok(())
 }
@@ -278,6 +282,8 @@ pub(crate) fn read_body(kind: FrameKind, body: &[u8]) -> Result<Frame, DecodeErr
         FrameKind::ResyncMark => Frame::ResyncMark(resync::read_resync_mark(&mut reader)?),
         FrameKind::Reprotect => Frame::Reprotect(reprotect::read_reprotect(&mut reader)?),
         FrameKind::Reprotected => Frame::Reprotected(reprotect::read_reprotected(&mut reader)?),
+        FrameKind::Failback => Frame::Failback(reprotect::read_failback(&mut reader)?),
+        FrameKind::FailedBack => Frame::FailedBack(reprotect::read_failed_back(&mut reader)?),
     };
     reader.finish()?;
     Ok(frame)

@@ -198,6 +198,16 @@ pub(crate) fn samples() -> Vec<Frame> {
             delta_bytes: 1 << 30,
             error: String::new(),
         }),
+        Frame::Failback(Failback {
+            request: 12,
+            group: "group-1".into(),
+            step: FAILBACK_QUIESCE,
+        }),
+        Frame::FailedBack(FailedBack {
+            request: 12,
+            sequence: 77,
+            error: String::new(),
+        }),
     ]
 }
 
@@ -435,7 +445,7 @@ fn frame_type_is_covered_by_the_checksum() {
 
 #[test]
 fn unknown_frame_type() {
-    for code in [0, 18, 255] {
+    for code in [0, 20, 255] {
         let bytes = frame_with_body(code, &[]);
         assert_eq!(
             decode_all(&bytes),
@@ -823,6 +833,36 @@ fn resync_frames_refuse_what_they_cannot_mean() {
         decode_all(&frame_with_body(FrameKind::SumRequest.code(), &body)),
         Err(DecodeError::Invalid {
             field: "sum_request.block_bytes",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn failback_refuses_an_unknown_step() {
+    let frame = Frame::Failback(Failback {
+        request: 1,
+        group: "g".into(),
+        step: 3,
+    });
+    assert!(matches!(
+        encode_error(&frame),
+        EncodeError::Invalid {
+            field: "failback.step",
+            ..
+        }
+    ));
+    let good = Frame::Failback(Failback {
+        request: 1,
+        group: "g".into(),
+        step: FAILBACK_RETURN,
+    });
+    let mut body = encoded(&good)[HEADER_BYTES..].to_vec();
+    *body.last_mut().unwrap() = 0;
+    assert!(matches!(
+        decode_all(&frame_with_body(FrameKind::Failback.code(), &body)),
+        Err(DecodeError::Invalid {
+            field: "failback.step",
             ..
         })
     ));

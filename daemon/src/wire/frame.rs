@@ -24,6 +24,8 @@ pub enum Frame {
     ResyncMark(super::ResyncMark),
     Reprotect(super::Reprotect),
     Reprotected(super::Reprotected),
+    Failback(super::Failback),
+    FailedBack(super::FailedBack),
 }
 
 impl Frame {
@@ -47,6 +49,8 @@ impl Frame {
             Frame::ResyncMark(_) => FrameKind::ResyncMark,
             Frame::Reprotect(_) => FrameKind::Reprotect,
             Frame::Reprotected(_) => FrameKind::Reprotected,
+            Frame::Failback(_) => FrameKind::Failback,
+            Frame::FailedBack(_) => FrameKind::FailedBack,
         }
     }
 
@@ -79,10 +83,12 @@ pub enum FrameKind {
     ResyncMark = 15,
     Reprotect = 16,
     Reprotected = 17,
+    Failback = 18,
+    FailedBack = 19,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 17] = [
+    pub const ALL: [FrameKind; 19] = [
         FrameKind::Hello,
         FrameKind::Write,
         FrameKind::Flush,
@@ -100,6 +106,8 @@ impl FrameKind {
         FrameKind::ResyncMark,
         FrameKind::Reprotect,
         FrameKind::Reprotected,
+        FrameKind::Failback,
+        FrameKind::FailedBack,
     ];
 
     pub const fn code(self) -> u8 {
@@ -130,6 +138,8 @@ impl FrameKind {
             FrameKind::ResyncMark => "RESYNC_MARK",
             FrameKind::Reprotect => "REPROTECT",
             FrameKind::Reprotected => "REPROTECTED",
+            FrameKind::Failback => "FAILBACK",
+            FrameKind::FailedBack => "FAILED_BACK",
         }
     }
 }

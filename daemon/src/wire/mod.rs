@@ -36,7 +36,8 @@ pub use frame::{
 };
 pub use io::{read_frame, write_frame};
 pub use reprotect::{
-    Reprotect, ReprotectDisk, Reprotected, REPROTECT_DISKS_MAX, REPROTECT_RANGES_MAX,
+    Failback, FailedBack, Reprotect, ReprotectDisk, Reprotected, FAILBACK_QUIESCE, FAILBACK_RETURN,
+    REPROTECT_DISKS_MAX, REPROTECT_RANGES_MAX,
 };
 pub use resync::{
     Resync, ResyncMark, ResyncRange, SumRequest, SumSpan, Sums, RESYNC_RANGES_MAX, SUM_BLOCKS_MAX,

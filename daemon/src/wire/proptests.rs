@@ -246,6 +246,20 @@ pub(crate) fn frame() -> impl Strategy<Value = Frame> {
                 error,
             })
         ),
+        (any::<u64>(), "[a-z0-9-]{1,20}", 1u8..=2).prop_map(|(request, group, step)| {
+            Frame::Failback(Failback {
+                request,
+                group,
+                step,
+            })
+        }),
+        (any::<u64>(), any::<u64>(), "[ -~]{0,40}").prop_map(|(request, sequence, error)| {
+            Frame::FailedBack(FailedBack {
+                request,
+                sequence,
+                error,
+            })
+        }),
     ]
 }
 

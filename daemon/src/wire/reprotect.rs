@@ -184,3 +184,82 @@ pub(crate) fn read_reprotected(reader: &mut Reader<'_>) -> Result<Reprotected, D
         error: reader.string("reprotected.error", ERROR_MESSAGE_BYTES_MAX)?,
     })
 }
+
+/// Original site → failed-over site, during `drgw failback`. Step
+/// [`FAILBACK_QUIESCE`]: stop serving the group's disks, finish the delta,
+/// and stage a last bookmark (answered with its sequence). Step
+/// [`FAILBACK_RETURN`]: stop replicating the group back and take it as its
+/// target again (answered with the sequence its replicas hold through).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failback {
+    pub request: u64,
+    pub group: String,
+    pub step: u8,
+}
+
+pub const FAILBACK_QUIESCE: u8 = 1;
+pub const FAILBACK_RETURN: u8 = 2;
+
+/// The answer to FAILBACK `request`: a sequence (see [`Failback`]), or the
+/// reason it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedBack {
+    pub request: u64,
+    pub sequence: u64,
+    pub error: String,
+}
+
+pub(crate) fn failback_bytes(failback: &Failback) -> usize {
+    (8 + 2 + 1usize).saturating_add(failback.group.len())
+}
+
+pub(crate) fn failed_back_bytes(answer: &FailedBack) -> usize {
+    (8 + 8 + 2usize).saturating_add(answer.error.len())
+}
+
+fn check_failback(failback: &Failback) -> Result<(), Problem> {
+    if failback.group.is_empty() {
+        return Err(("failback.group", "empty"));
+    }
+    if !matches!(failback.step, FAILBACK_QUIESCE | FAILBACK_RETURN) {
+        return Err(("failback.step", "neither 1 (quiesce) nor 2 (return)"));
+    }
+    Ok(())
+}
+
+pub(crate) fn put_failback(failback: &Failback, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    check_failback(failback).map_err(|(field, reason)| EncodeError::Invalid { field, reason })?;
+    out.extend_from_slice(&failback.request.to_le_bytes());
+    put_string(out, "failback.group", &failback.group, GROUP_NAME_BYTES_MAX)?;
+    out.push(failback.step);
+    Ok(())
+}
+
+pub(crate) fn put_failed_back(answer: &FailedBack, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    out.extend_from_slice(&answer.request.to_le_bytes());
+    out.extend_from_slice(&answer.sequence.to_le_bytes());
+    put_string(
+        out,
+        "failed_back.error",
+        &answer.error,
+        ERROR_MESSAGE_BYTES_MAX,
+    )
+}
+
+pub(crate) fn read_failback(reader: &mut Reader<'_>) -> Result<Failback, DecodeError> {
+    let failback = Failback {
+        request: reader.u64("failback.request")?,
+        group: reader.string("failback.group", GROUP_NAME_BYTES_MAX)?,
+        step: reader.u8("failback.step")?,
+    };
+    check_failback(&failback).map_err(|(field, reason)| DecodeError::Invalid { field, reason })?;
+    Ok(failback)
+}
+
+pub(crate) fn read_failed_back(reader: &mut Reader<'_>) -> Result<FailedBack, DecodeError> {
+    Ok(FailedBack {
+        request: reader.u64("failed_back.request")?,
+        sequence: reader.u64("failed_back.sequence")?,
+        error: reader.string("failed_back.error", ERROR_MESSAGE_BYTES_MAX)?,
+    })
+}

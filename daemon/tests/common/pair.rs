@@ -133,30 +133,23 @@ impl TwoDiskTap {
                 &size_bytes.to_string(),
             ]);
         }
-        let log = fs::File::create(directory.path().join("tap.log")).unwrap();
-        let child = Command::new(BINARY)
-            .arg("--config")
-            .arg(&config)
-            .arg("tap")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        gateway.wait_for("both disks attached", Duration::from_secs(20), |status| {
-            status["protected_disks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|d| d["attached"] == true)
-                .count()
-                == 2
-        });
+        let child = spawn_tap(&config, directory.path());
+        wait_attached(gateway);
         TwoDiskTap {
             directory,
             port,
             child,
         }
+    }
+
+    /// Starts the tap again (after `stop`) and waits until both disks are
+    /// attached to `gateway`.
+    pub fn restart(&mut self, gateway: &Daemon) {
+        self.child = spawn_tap(
+            &self.directory.path().join("tap.toml"),
+            self.directory.path(),
+        );
+        wait_attached(gateway);
     }
 
     pub fn uri(&self, disk: &str) -> String {
@@ -169,6 +162,35 @@ impl TwoDiskTap {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
     }
+}
+
+fn spawn_tap(config: &Path, directory: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(directory.join("tap.log"))
+        .unwrap();
+    Command::new(BINARY)
+        .arg("--config")
+        .arg(config)
+        .arg("tap")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn wait_attached(gateway: &Daemon) {
+    gateway.wait_for("both disks attached", Duration::from_secs(20), |status| {
+        status["protected_disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["attached"] == true)
+            .count()
+            == 2
+    });
 }
 
 impl Drop for TwoDiskTap {
