@@ -30,6 +30,9 @@ pub const FAILOVER_TAP: &str = "@failover";
 
 /// Largest piece of the delta read and staged at once.
 const DELTA_PIECE_BYTES: u64 = 1 << 20;
+/// The change map is saved after this many bytes of the delta are staged,
+/// so a restart resends at most that much again.
+const DELTA_SAVE_BYTES: u64 = 16 << 20;
 /// Wait before a failed delta is tried again.
 const DELTA_RETRY: Duration = Duration::from_secs(5);
 
@@ -648,10 +651,16 @@ async fn send_delta(
         .await
         .map_err(|e| e.to_string())?;
     let mut sent = 0u64;
+    // Tests slow the delta down to kill a gateway in the middle of it.
+    let delay = std::env::var("DRGW_TEST_DELTA_PIECE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     for (name, disk) in disks {
         let changes = disk
             .changes()
             .ok_or_else(|| format!("disk {name} is not committed"))?;
+        let mut unsaved = 0u64;
         for (offset, length) in changes.dirty_ranges() {
             let end = offset + length;
             let mut at = offset;
@@ -662,13 +671,18 @@ async fn send_delta(
                     .map_err(|e| format!("disk {name} at {at}: {e}"))?;
                 at += piece;
                 sent += piece;
+                unsaved += piece;
                 update(group, |p| p.sent_bytes = sent);
+                if unsaved >= DELTA_SAVE_BYTES {
+                    persist(&changes).await?;
+                    unsaved = 0;
+                }
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
-        tokio::task::spawn_blocking(move || changes.persist())
-            .await
-            .map_err(|_| "writing the change map panicked".to_string())?
-            .map_err(|e| e.to_string())?;
+        persist(&changes).await?;
     }
     appliance
         .ingest
@@ -935,6 +949,16 @@ async fn give_back(appliance: &Arc<Appliance>, peer: &str, group: &str) -> Resul
         "failed back: the group is replicated here again"
     );
     Ok(held)
+}
+
+/// Writes the change map's cleared pages.
+async fn persist(changes: &Arc<crate::tap::dirty_map::DirtyMap>) -> Result<(), String> {
+    let changes = changes.clone();
+    tokio::task::spawn_blocking(move || changes.persist())
+        .await
+        .map_err(|_| "writing the change map panicked".to_string())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

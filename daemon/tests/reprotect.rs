@@ -278,3 +278,75 @@ fn reprotect_sends_back_only_what_differs_and_replicates_on() {
     }
     assert!(a.status()["target_groups"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_gateway_killed_during_the_delta_resumes_it() {
+    let mut pair = Pair::start("");
+    let mut tap = TwoDiskTap::start(&pair.source, SIZE);
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("a.data");
+    fs::write(&data, pseudo_random(3, SIZE as usize)).unwrap();
+    nbdcopy(data.to_str().unwrap(), &tap.uri("disk-a"));
+    let before = bookmark(&pair.source, "before");
+    pair.wait_applied(before, Duration::from_secs(60));
+    pair.target
+        .cli_ok(&["failover", "group-1", "--point", "latest"]);
+    pair.target.cli_ok(&["commit", "group-1"]);
+    // B's delta goes out slowly (one 1 MiB piece every 300 ms).
+    pair.target.terminate();
+    pair.target.set_env("DRGW_TEST_DELTA_PIECE_DELAY_MS", "300");
+    pair.target.spawn();
+    let b_a = format!("nbd://127.0.0.1:{}/group-1-disk-a", pair.target.nbd_port);
+    qemu_io(&b_a, "write -P 0x71 0 12M");
+    tap.stop();
+    pair.source
+        .wait_for("the tap to detach", Duration::from_secs(20), |s| {
+            s["protected_disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["attached"] == false)
+        });
+    let mut args = vec!["reprotect".to_string(), "group-1".to_string()];
+    for disk in ["disk-a", "disk-b"] {
+        args.push("--disk".into());
+        args.push(format!(
+            "{disk}={}",
+            tap.directory.path().join(format!("{disk}.img")).display()
+        ));
+    }
+    pair.source
+        .cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Kill -9 the failed-over site halfway through its delta: it resumes.
+    pair.target
+        .wait_for("the delta to start", Duration::from_secs(30), |s| {
+            s["reprotects"][0]["sent_bytes"].as_u64().unwrap_or(0) >= 2 * MIB
+        });
+    pair.target.kill9();
+    pair.target.spawn();
+    // Then the original site (now the target), while the delta goes on.
+    pair.target
+        .wait_for("the delta to resume", Duration::from_secs(30), |s| {
+            s["reprotects"][0]["sent_bytes"].as_u64().unwrap_or(0) >= MIB
+        });
+    pair.source.kill9();
+    pair.source.spawn();
+    pair.target
+        .wait_for("the delta to finish", Duration::from_secs(60), |s| {
+            s["reprotects"][0]["passes"].as_u64().unwrap_or(0) >= 1
+        });
+    let after = bookmark(&pair.target, "after");
+    wait_applied_back(&pair.source, after);
+    let primary = tap.directory.path().join("disk-a.img");
+    assert_eq!(
+        sha256_hex(&fs::read(&primary).unwrap()),
+        export_sha(&b_a, scratch.path()),
+        "the original disk differs from the failed-over one after the kills"
+    );
+    let mut expected = pseudo_random(3, SIZE as usize);
+    expected[..12 << 20].fill(0x71);
+    assert_eq!(
+        sha256_hex(&fs::read(&primary).unwrap()),
+        sha256_hex(&expected)
+    );
+}
