@@ -468,13 +468,16 @@ fn a_grown_disk_is_resynced_once_the_tap_and_the_target_see_its_size() {
 }
 
 #[test]
-fn a_lost_staging_stops_shipping_instead_of_skipping_writes() {
+fn a_lost_staging_restarts_after_the_target_and_resyncs_the_group() {
     let mut pair = Pair::start("");
     let mut tap = Tap::start(&pair.source, "disk-1", SIZE, "async");
     fill(&tap, 51);
     settle(&pair, &tap);
     let held = pair.target_group()["received_through"].as_u64().unwrap();
-    // The cache volume is replaced: the group's staging is gone.
+    // The cache volume is replaced: the group's staging is gone, with
+    // writes the tap had seen acknowledged (staged) and cleared from its
+    // dirty map but the target never received.
+    tap.wait_settled(Duration::from_secs(30));
     tap.kill();
     pair.source.terminate();
     let staging = pair
@@ -485,19 +488,31 @@ fn a_lost_staging_stops_shipping_instead_of_skipping_writes() {
         .join(format!("cache/staging/group-{}", tap.group_id));
     assert!(staging.is_dir(), "{}", staging.display());
     fs::remove_dir_all(&staging).unwrap();
+    // Writes the target never got, on the primary only (as if staged and
+    // then lost with the volume).
+    let lost = diverge(&mut tap, 9, 20);
     pair.source.spawn();
-    tap.spawn();
     wait_attached(&pair);
     fill(&tap, 52);
-    pair.source.wait_for(
-        "the gap to be reported",
-        Duration::from_secs(30),
-        |status| {
-            status["shipping"][0]["problem"]
+    // The gap is found, staging starts again after the target's sequence,
+    // and a resync of the group sends what was lost.
+    pair.source
+        .wait_for("the gap's resync", Duration::from_secs(60), |status| {
+            status["resyncs"][0]["reason"]
                 .as_str()
-                .is_some_and(|p| p.contains("staging was lost"))
-        },
+                .is_some_and(|r| r.contains("journal gap"))
+                || status["shipping"][0]["problem"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("staging was lost"))
+        });
+    let view = wait_done(&pair, Duration::from_secs(120));
+    assert_eq!(view["phase"], "done", "{view:#}");
+    assert!(
+        view["reason"].as_str().unwrap().contains("journal gap"),
+        "{view:#}"
     );
-    // Nothing was shipped past what the target held: no write skipped.
-    assert_eq!(pair.target_group()["received_through"], held);
+    settle(&pair, &tap);
+    assert!(pair.target_group()["received_through"].as_u64().unwrap() > held);
+    assert_eq!(sha_of(&replica(&pair)), sha_of(&tap.primary));
+    assert!(!lost.is_empty());
 }

@@ -350,6 +350,27 @@ impl Ingest {
             .insert(group_id, sequence);
     }
 
+    /// A group's staging starts again at `sequence`: the old one (which
+    /// restarted below what the target holds) is deleted, and the next
+    /// append creates the new one. Writes staged meanwhile into the old one
+    /// are on their primaries: the caller resyncs the group.
+    pub async fn restart_group(
+        &self,
+        group_id: u32,
+        group: &str,
+        sequence: u64,
+    ) -> Result<(), IngestError> {
+        self.set_sequence_floor(group_id, sequence);
+        self.discard_group(group_id)
+            .await
+            .map_err(|source| IngestError::Unusable {
+                group: group.to_string(),
+                problem: format!("deleting the old staging: {source}"),
+            })?;
+        tracing::warn!(group, sequence, "staging restarted after a journal gap");
+        self.log(group_id, group).await.map(|_| ())
+    }
+
     /// Forgets a group's staging and deletes it from the cache volume (its
     /// disks are no longer protected here: reprotect made them replicas).
     pub async fn discard_group(&self, group_id: u32) -> std::io::Result<()> {

@@ -177,7 +177,7 @@ impl SourceSide {
                         if let Err(error) = result {
                             // This group alone stops; the link and other groups go on.
                             let wait = match error {
-                                ShipError::Refused | ShipError::Gap { .. } => REFUSED_RETRY,
+                                ShipError::Refused => REFUSED_RETRY,
                                 _ => Duration::from_secs(1),
                             };
                             tracing::warn!(group = %name, %error, retry_in_s = wait.as_secs(), "shipping of the group stopped");
@@ -274,8 +274,12 @@ enum ShipError {
     Closed,
     #[error("the target refused the group (failed over there, or its journal there is unusable: see `drgw status` on the target)")]
     Refused,
-    #[error("the target holds this group through sequence {held}, but staging here ends at {staged}: the group's staging was lost or replaced, and shipping would skip the writes staged since; nothing is shipped. Restore the cache volume, or unprotect the group's disks and protect them again (a full copy)")]
-    Gap { held: u64, staged: u64 },
+    #[error("the target holds this group through sequence {held}, but staging here ended at {staged}: the group's staging was lost or replaced. It starts again after sequence {held} and a resync of the whole group finds and sends what was lost ({resync})")]
+    Gap {
+        held: u64,
+        staged: u64,
+        resync: String,
+    },
 }
 
 /// Batches compressed ahead of the link.
@@ -407,11 +411,34 @@ impl GroupShipper {
         }
         let durable = log.usage().sequence_last_durable;
         if resume > durable {
-            // Sequences here restarted below what the target holds: shipping
-            // from `resume + 1` would skip every write staged since.
+            // Sequences here restarted below what the target holds (the
+            // cache volume was lost or replaced): shipping from `resume + 1`
+            // would skip every write staged since, and writes acknowledged
+            // to taps before the loss are gone from staging. So the staging
+            // starts again after `resume`, and a resync of the whole group
+            // compares every block and sends what differs.
+            drop(log);
+            self.appliance
+                .ingest
+                .restart_group(self.group_id, &self.group, resume + 1)
+                .await?;
+            let options = crate::resync::ResyncOptions {
+                disk: None,
+                block_bytes: crate::resync::BLOCK_BYTES_DEFAULT,
+                fine_bytes: crate::resync::FINE_BYTES_DEFAULT,
+                not_before_unix_ms: None,
+                reason: format!(
+                    "journal gap: the target held sequence {resume}, staging here ended at {durable} (staging lost)"
+                ),
+            };
+            let resync = match crate::resync::start(&self.appliance, &self.group, options) {
+                Ok(_) => "started".to_string(),
+                Err(error) => format!("not started: {error}"),
+            };
             return Err(ShipError::Gap {
                 held: resume,
                 staged: durable,
+                resync,
             });
         }
         tracing::info!(group = %self.group, peer = %self.peer, resume_after = resume, "shipping");
