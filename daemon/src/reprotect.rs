@@ -746,26 +746,34 @@ pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<Failbac
         .calls
         .failback(&peer, step(crate::wire::FAILBACK_QUIESCE))
         .await?;
-    // 2. Everything through it is applied here.
-    let target = appliance
-        .targets
-        .find(&format!("{peer}/{group}"))
-        .map_err(|e| e.to_string())?;
-    let mut applied = target.subscribe_applied();
-    let waited = tokio::time::timeout(FAILBACK_APPLY_LIMIT, async {
-        while *applied.borrow_and_update() < last {
-            if applied.changed().await.is_err() {
-                break;
+    // 2. Everything through it is applied here. (0: the other site had
+    // given the group back already, in a failback cut short here.)
+    let target = appliance.targets.find(&format!("{peer}/{group}")).ok();
+    match &target {
+        Some(target) => {
+            let mut applied = target.subscribe_applied();
+            let waited = tokio::time::timeout(FAILBACK_APPLY_LIMIT, async {
+                while *applied.borrow_and_update() < last {
+                    if applied.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if waited.is_err() || target.applied_through() < last {
+                return Err(format!(
+                    "sequence {last} from {peer} was not applied here within {} s (applied through {}): run failback again",
+                    FAILBACK_APPLY_LIMIT.as_secs(),
+                    target.applied_through()
+                ));
             }
         }
-    })
-    .await;
-    if waited.is_err() || target.applied_through() < last {
-        return Err(format!(
-            "sequence {last} from {peer} was not applied here within {} s (applied through {}): run failback again",
-            FAILBACK_APPLY_LIMIT.as_secs(),
-            target.applied_through()
-        ));
+        None if last == 0 => {}
+        None => {
+            return Err(format!(
+                "group {group} from {peer} is not open here: see `drgw status` (target problems)"
+            ))
+        }
     }
     // 3. The other site takes the group as its target again.
     let held = appliance
@@ -774,11 +782,12 @@ pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<Failbac
         .await?;
     // 4. The group is protected here again, its sequence continuing after
     // what the other site holds.
-    appliance
-        .targets
-        .retire(&peer, target.group_id())
-        .map_err(|e| e.to_string())?;
-    drop(target);
+    if let Some(target) = target {
+        appliance
+            .targets
+            .retire(&peer, target.group_id())
+            .map_err(|e| e.to_string())?;
+    }
     appliance.catalog.unreverse_group(&record).map_err(text)?;
     let (group_id, name) = (record.disks[0].group_id, record.disks[0].group.clone());
     appliance.ingest.set_sequence_floor(group_id, held + 1);
@@ -859,9 +868,37 @@ fn reversed_here(
     Ok(disks)
 }
 
+/// When a failback already gave the group back (the original site asks
+/// again after a crash between the steps): the sequence the replicas hold.
+fn given_back(appliance: &Arc<Appliance>, peer: &str, group: &str) -> Option<u64> {
+    if reversed_here(appliance, peer, group).is_ok() {
+        return None;
+    }
+    let history = appliance
+        .recovery
+        .history(&format!("{peer}/{group}"))
+        .ok()?;
+    let back = history.state == crate::catalog::RecoveryState::Protected
+        && history
+            .transitions
+            .last()
+            .is_some_and(|t| t.note.starts_with("failed back"));
+    back.then(|| {
+        appliance
+            .targets
+            .find(&format!("{peer}/{group}"))
+            .map(|t| t.received_through())
+            .unwrap_or(0)
+    })
+}
+
 /// Failback step 1 (failed-over site): stop serving the disks, let the
-/// delta finish, stage the last bookmark; returns its sequence.
+/// delta finish, stage the last bookmark; returns its sequence (0 when the
+/// group was given back already: all of it was applied there before).
 async fn quiesce(appliance: &Arc<Appliance>, peer: &str, group: &str) -> Result<u64, String> {
+    if given_back(appliance, peer, group).is_some() {
+        return Ok(0);
+    }
     reversed_here(appliance, peer, group)?;
     let served = appliance
         .recovery
@@ -912,6 +949,9 @@ async fn quiesce(appliance: &Arc<Appliance>, peer: &str, group: &str) -> Result<
 /// take it as this appliance's target again; returns the sequence its
 /// replicas hold through.
 async fn give_back(appliance: &Arc<Appliance>, peer: &str, group: &str) -> Result<u64, String> {
+    if let Some(held) = given_back(appliance, peer, group) {
+        return Ok(held);
+    }
     let disks = reversed_here(appliance, peer, group)?;
     if let Some((_, stop)) = senders()
         .lock()

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::clients::{export_sha, json, qemu_io, uri_of};
 use common::pair::{Pair, TwoDiskTap};
 use common::{sha256_hex, BINARY};
 use std::fs;
@@ -50,51 +51,6 @@ fn rounds(pair: &Pair, tap: &TwoDiskTap, start: u32, count: u32) -> Vec<serde_js
     let last = references.last().unwrap()["sequence"].as_u64().unwrap();
     pair.wait_applied(last, Duration::from_secs(60));
     references
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-/// The sha256 of what an NBD export serves, read with nbdcopy.
-fn export_sha(uri: &str, scratch: &Path) -> String {
-    let out = scratch.join("copy.img");
-    let _ = fs::remove_file(&out);
-    let status = Command::new("nbdcopy")
-        .arg(uri)
-        .arg(&out)
-        .status()
-        .expect("nbdcopy (libnbd-bin, scripts/install-deps)");
-    assert!(status.success(), "nbdcopy {uri}");
-    let sha = sha256_hex(&fs::read(&out).unwrap());
-    fs::remove_file(&out).unwrap();
-    sha
-}
-
-fn qemu_io(uri: &str, command: &str) -> String {
-    let output = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", command, uri])
-        .output()
-        .expect("qemu-io (qemu-utils)");
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && !text.contains("fail"),
-        "qemu-io {command} {uri}: {text}"
-    );
-    text
-}
-
-fn uri_of(exports: &serde_json::Value, disk: &str) -> String {
-    exports
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["disk"] == disk)
-        .unwrap_or_else(|| panic!("no export of {disk}: {exports:#}"))["uri"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 fn group_directory(pair: &Pair) -> PathBuf {

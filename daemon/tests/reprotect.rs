@@ -4,71 +4,20 @@
 
 mod common;
 
+use common::clients::{export_sha, json, nbdcopy, qemu_io, uri_of};
 use common::pair::{Pair, TwoDiskTap};
 use common::{pseudo_random, sha256_hex, Daemon};
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const SIZE: u64 = 32 << 20;
 const MIB: u64 = 1 << 20;
 
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-fn qemu_io(uri: &str, command: &str) {
-    let output = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", command, uri])
-        .output()
-        .expect("qemu-io (qemu-utils)");
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && !text.contains("fail"),
-        "qemu-io {command} {uri}: {text}"
-    );
-}
-
-fn nbdcopy(from: &str, to: &str) {
-    let output = Command::new("nbdcopy")
-        .args([from, to])
-        .output()
-        .expect("nbdcopy (libnbd-bin)");
-    assert!(
-        output.status.success(),
-        "nbdcopy {from} {to}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 fn bookmark(gateway: &Daemon, name: &str) -> u64 {
     json(&gateway.cli_ok(&["bookmark", "group-1", "--name", name, "--json"]))["sequence"]
         .as_u64()
         .unwrap()
-}
-
-fn uri_of(exports: &serde_json::Value, disk: &str) -> String {
-    exports
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["disk"] == disk)
-        .unwrap_or_else(|| panic!("no export of {disk}: {exports:#}"))["uri"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// sha256 of what an NBD export serves.
-fn export_sha(uri: &str, scratch: &Path) -> String {
-    let out = scratch.join("copy.img");
-    let _ = fs::remove_file(&out);
-    nbdcopy(uri, out.to_str().unwrap());
-    let sha = sha256_hex(&fs::read(&out).unwrap());
-    fs::remove_file(&out).unwrap();
-    sha
 }
 
 /// Waits until `gateway` (the original site, now a target) has applied
@@ -296,6 +245,10 @@ fn a_gateway_killed_during_the_delta_resumes_it() {
     pair.target.terminate();
     pair.target.set_env("DRGW_TEST_DELTA_PIECE_DELAY_MS", "300");
     pair.target.spawn();
+    pair.source
+        .wait_for("the link again", Duration::from_secs(30), |status| {
+            status["peers"][0]["link"]["state"] == "connected"
+        });
     let b_a = format!("nbd://127.0.0.1:{}/group-1-disk-a", pair.target.nbd_port);
     qemu_io(&b_a, "write -P 0x71 0 12M");
     tap.stop();

@@ -154,6 +154,43 @@ pub fn status(status: &Status) {
         let header = ["GROUP", "COMPARED", "DIFFERING", "RATE", "STATE"].map(String::from);
         table(&header, &rows);
     }
+    if !status.reprotects.is_empty() {
+        println!();
+        println!("REPLICATED BACK (reprotect, from this failed-over site)");
+        let rows: Vec<[String; 4]> = status
+            .reprotects
+            .iter()
+            .map(|delta| {
+                let state = match (&delta.error, delta.running) {
+                    (Some(error), _) => format!("retrying: {error}"),
+                    (None, true) => "sending the delta".into(),
+                    (None, false) => "delta sent; writes replicate".into(),
+                };
+                [
+                    delta.group.clone(),
+                    delta.peer.clone(),
+                    format!(
+                        "{} of {}",
+                        bytes(delta.sent_bytes),
+                        bytes(delta.total_bytes)
+                    ),
+                    state,
+                ]
+            })
+            .collect();
+        let header = ["GROUP", "TO", "DELTA", "STATE"].map(String::from);
+        table(&header, &rows);
+    }
+    for reversed in &status.reversed {
+        println!();
+        println!(
+            "group {} is reprotected: {} replicates it back here since {} (`drgw failback {}` takes it back)",
+            reversed.group,
+            reversed.peer,
+            crate::target::format_utc(reversed.since_unix_ms),
+            reversed.group
+        );
+    }
     if !status.target_groups.is_empty() || !status.target_problems.is_empty() {
         println!();
         println!("REPLICATED HERE (target side)");

@@ -66,72 +66,70 @@ impl PeerCalls {
         self.counter.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn sender(&self, peer: &str) -> Result<mpsc::Sender<PeerCall>, String> {
-        self.sessions
+    /// Sends the call `make` builds to `peer`'s session and waits up to
+    /// `limit` for the answer; the error says why there is none.
+    async fn ask<T>(
+        &self,
+        peer: &str,
+        what: &str,
+        limit: Duration,
+        make: impl FnOnce(oneshot::Sender<T>) -> PeerCall,
+    ) -> Result<T, String> {
+        let sender = self
+            .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(peer)
             .map(|(_, sender)| sender.clone())
-            .ok_or_else(|| format!("no link to {peer}"))
+            .ok_or_else(|| format!("no link to {peer}"))?;
+        let (answer, answered) = oneshot::channel();
+        sender
+            .send(make(answer))
+            .await
+            .map_err(|_| format!("the link to {peer} closed"))?;
+        match tokio::time::timeout(limit, answered).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(format!(
+                "the link to {peer} closed before it answered {what}"
+            )),
+            Err(_) => Err(format!(
+                "{peer} did not answer {what} within {} s",
+                limit.as_secs()
+            )),
+        }
     }
 
     /// Asks `peer` to replicate a group back here; the error says why it
     /// did not answer (a refusal is an answer, with its `error`).
     pub async fn reprotect(&self, peer: &str, request: Reprotect) -> Result<Reprotected, String> {
-        let sender = self.sender(peer)?;
-        let (answer, answered) = oneshot::channel();
-        sender
-            .send(PeerCall::Reprotect { request, answer })
-            .await
-            .map_err(|_| format!("the link to {peer} closed"))?;
-        match tokio::time::timeout(REPROTECT_TIMEOUT, answered).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(format!("the link to {peer} closed before it answered")),
-            Err(_) => Err(format!(
-                "{peer} did not answer within {} s",
-                REPROTECT_TIMEOUT.as_secs()
-            )),
-        }
+        self.ask(peer, "REPROTECT", REPROTECT_TIMEOUT, |answer| {
+            PeerCall::Reprotect { request, answer }
+        })
+        .await
     }
 
     /// Sends a failback step to `peer`; the answer's sequence, or why not.
     pub async fn failback(&self, peer: &str, request: Failback) -> Result<u64, String> {
-        let sender = self.sender(peer)?;
-        let (answer, answered) = oneshot::channel();
-        sender
-            .send(PeerCall::Failback { request, answer })
-            .await
-            .map_err(|_| format!("the link to {peer} closed"))?;
-        match tokio::time::timeout(REPROTECT_TIMEOUT, answered).await {
-            Ok(Ok(answer)) if answer.error.is_empty() => Ok(answer.sequence),
-            Ok(Ok(answer)) => Err(format!("{peer} refused: {}", answer.error)),
-            Ok(Err(_)) => Err(format!("the link to {peer} closed before it answered")),
-            Err(_) => Err(format!(
-                "{peer} did not answer within {} s",
-                REPROTECT_TIMEOUT.as_secs()
-            )),
+        let answer = self
+            .ask(peer, "FAILBACK", REPROTECT_TIMEOUT, |answer| {
+                PeerCall::Failback { request, answer }
+            })
+            .await?;
+        if !answer.error.is_empty() {
+            return Err(format!("{peer} refused: {}", answer.error));
         }
+        Ok(answer.sequence)
     }
 
     /// Asks `peer` for block sums; the error says why there are none.
     pub async fn sums(&self, peer: &str, request: SumRequest) -> Result<Vec<u128>, String> {
-        let sender = self.sender(peer)?;
         let expected = request.blocks() as usize;
-        let (answer, answered) = oneshot::channel();
-        sender
-            .send(PeerCall::Sums { request, answer })
-            .await
-            .map_err(|_| format!("the link to {peer} closed"))?;
-        let sums = match tokio::time::timeout(SUMS_TIMEOUT, answered).await {
-            Ok(Ok(sums)) => sums,
-            Ok(Err(_)) => return Err(format!("the link to {peer} closed")),
-            Err(_) => {
-                return Err(format!(
-                    "{peer} did not answer block sums within {} s",
-                    SUMS_TIMEOUT.as_secs()
-                ))
-            }
-        };
+        let sums = self
+            .ask(peer, "block sums", SUMS_TIMEOUT, |answer| PeerCall::Sums {
+                request,
+                answer,
+            })
+            .await?;
         if !sums.error.is_empty() {
             return Err(format!("{peer}: {}", sums.error));
         }

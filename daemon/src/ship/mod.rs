@@ -66,6 +66,19 @@ impl ShipBoard {
             .collect()
     }
 
+    /// A group no longer shipped from here (unprotected, reprotected,
+    /// failed back) leaves the figures.
+    fn forget(&self, group: u32) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+        self.sent_high
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+    }
+
     fn update(&self, group: u32, action: impl FnOnce(&mut ShipStatus)) {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         action(groups.entry(group).or_default());
@@ -197,6 +210,9 @@ impl SourceSide {
                     if !keep {
                         token.cancel();
                         routes.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+                    }
+                    if !groups.contains_key(id) {
+                        appliance.ship_board.forget(*id);
                     }
                     keep
                 });
