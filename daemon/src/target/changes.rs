@@ -54,5 +54,5 @@ pub fn open_changes(
 
 /// Bytes the map holds as changed.
 pub fn changed_bytes(map: &DirtyMap) -> u64 {
-    map.dirty_ranges().iter().map(|(_, length)| length).sum()
+    map.dirty_bytes()
 }

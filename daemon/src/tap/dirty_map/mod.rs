@@ -412,6 +412,25 @@ impl DirtyMap {
             .sum()
     }
 
+    /// Bytes of the disk in dirty grains (the last grain counted only up to
+    /// the disk's end): a count of the bitmap's bits, not a walk.
+    pub fn dirty_bytes(&self) -> u64 {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let grains: u64 = state
+            .bits
+            .iter()
+            .map(|byte| u64::from(byte.count_ones()))
+            .sum();
+        let mut bytes = grains * self.grain_bytes;
+        if let Some(last) = self.grains.checked_sub(1) {
+            let set = state.bits[(last / 8) as usize] & (1 << (last % 8)) != 0;
+            if set {
+                bytes -= (last + 1) * self.grain_bytes - self.disk_bytes;
+            }
+        }
+        bytes
+    }
+
     /// The dirty regions as coalesced `(offset, length)` byte ranges,
     /// clipped to the disk size.
     pub fn dirty_ranges(&self) -> Vec<(u64, u64)> {

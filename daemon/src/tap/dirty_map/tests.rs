@@ -180,3 +180,17 @@ fn ranges_marked_together_take_one_durable_write() {
     assert_eq!(report.dirty_grains, 300);
     assert!(ranges.iter().all(|&(o, l)| map.is_durably_marked(o, l)));
 }
+
+#[test]
+fn dirty_bytes_counts_the_ranges_without_walking_them() {
+    let directory = tempfile::tempdir().unwrap();
+    // A disk whose last 4 KiB grain is cut short (512-byte multiple).
+    let disk_bytes = (1 << 20) + 1536;
+    let (map, _) = DirtyMap::open(&directory.path().join("map"), disk_bytes, 4096).unwrap();
+    assert_eq!(map.dirty_bytes(), 0);
+    map.mark_ranges(&[(0, 1), (8192, 12288), (disk_bytes - 100, 100)])
+        .unwrap();
+    let walked: u64 = map.dirty_ranges().iter().map(|(_, length)| length).sum();
+    assert_eq!(map.dirty_bytes(), walked);
+    assert_eq!(walked, 4096 + 12288 + 1536);
+}
