@@ -224,6 +224,7 @@ name = "$disk"
 path = "$root/primary.img"
 mode = "$mode"
 grain_bytes = 65536
+extent_bytes = ${TAP_EXTENT_BYTES:-4194304}
 CONFIG
   local tap_fingerprint
   tap_fingerprint=$("$DRGW_BIN" --config "$root/tap.toml" tap --print-fingerprint | awk '$1 == "fingerprint" { print $2 }')

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Promise 1 under kill -9 of the tap. A source gateway and a tap (async mode,
-# 64 MiB disk) on loopback. KILL9_ITERATIONS times (default 20): a fresh
+# 128 MiB disk, 64 KiB grains, 128 KiB extents) on loopback. KILL9_ITERATIONS
+# times (default 20): a fresh
 # workload (hwtests/workload.py) writes 64 KiB blocks through the tap and logs
 # every write the NBD server acknowledged; after a random 0.2-1.5 s the tap is
 # killed with SIGKILL (the workload sees the connection drop and exits with
@@ -25,7 +26,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 [ -n "${KILL9_KEEP:-}" ] && on_exit "rm -rf ${KILL9_KEEP}; cp -a $work ${KILL9_KEEP}"
 
 iterations=${KILL9_ITERATIONS:-20}
-disk_bytes=$((64 << 20))
+# 128 KiB activity extents (2 grains) on a 128 MiB disk: the dirty map at a
+# kill holds the extents written in the last seconds, so the test sees both
+# grains and extents, and a resync bounded by them.
+disk_bytes=$((128 << 20))
+export TAP_EXTENT_BYTES=$((128 << 10))
 seed=${KILL9_SEED:-$(( $(date +%s) % 32768 ))}
 RANDOM=$seed
 python=$(python_with_nbd) || fail "python3 cannot import nbd: install python3-libnbd (scripts/install-deps)"
@@ -136,9 +141,9 @@ replay_sum=$(sha256sum <"$work/replay.img" | cut -d' ' -f1)
 "$python" "$here/workload.py" verify --primary "$work/tap/primary.img" --log "${logs[@]}" >/dev/null ||
   fail "final primary check"
 # Each settled restart resent exactly its dirty grains (checked above). The
-# dirty map holds what is unacknowledged plus grains written in the last
-# couple of seconds (hot grains stay dirty: tap/tracker.rs), so with this
-# workload, random writes over a small disk, it can be most of the disk; it
+# dirty map holds what is unacknowledged plus the extents written in the
+# last couple of seconds (hot extents stay marked: tap/tracker.rs), so with
+# this workload, random writes over the disk, it can be much of the disk; it
 # must still never add up to a whole-disk resync at every restart.
 limit=$((settled_checks * disk_bytes))
 ((total_resynced < limit)) ||

@@ -6,6 +6,11 @@
 #   2. fio --ioengine=nbd 4 KiB random writes, queue depth 32    (target >= 0.7)
 # Runs alternate tap / qemu-nbd, RUNS times each (default 3); medians and
 # ratios are printed. Usage: scripts/bench/tap.sh [DIR] (default /var/tmp)
+# Env: DRGW_BIN (a prebuilt drgw; skips the release build), SIZE_MIB, RUNS,
+# FIO_SECONDS, PARTS (default "copy iops": which of the two to run),
+# CACHE_DIR (where the gateway's cache volume goes; default beside the
+# primary, on the same disk: set it to another disk to model the deployed
+# layout, where the source gateway stages on its own cache volume).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=${1:-/var/tmp}
@@ -13,8 +18,13 @@ size_mib=${SIZE_MIB:-2048}
 runs=${RUNS:-3}
 fio_seconds=${FIO_SECONDS:-20}
 scripts/install-deps >/dev/null
-cargo build --release --bin drgw >/dev/null 2>&1
-bin=$PWD/target/release/drgw
+parts=${PARTS:-copy iops}
+if [[ -n ${DRGW_BIN:-} ]]; then
+  bin=$DRGW_BIN
+else
+  cargo build --release --bin drgw >/dev/null 2>&1
+  bin=${CARGO_TARGET_DIR:-$PWD/target}/release/drgw
+fi
 work=$(mktemp -d "$root/drgw-bench.XXXXXX")
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -32,7 +42,7 @@ port = $gateway_port
 [control]
 socket = "$work/gateway/control.sock"
 [volumes]
-cache = "$work/gateway/cache"
+cache = "${CACHE_DIR:-$work/gateway}/cache"
 retention = "$work/gateway/retention"
 [staging]
 capacity_bytes = $(( (size_mib * 4 + 1024) << 20 ))
@@ -101,14 +111,24 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(
 
 tap_copy=() plain_copy=() tap_iops=() plain_iops=()
 for run in $(seq "$runs"); do
-  tap_copy+=("$(copy_mbps "nbd://127.0.0.1:$tap_port/disk")"); settle
-  plain_copy+=("$(copy_mbps "nbd://127.0.0.1:$plain_port/disk")")
-  tap_iops+=("$(fio_iops "nbd://127.0.0.1:$tap_port/disk")"); settle
-  plain_iops+=("$(fio_iops "nbd://127.0.0.1:$plain_port/disk")")
-  echo "run $run: nbdcopy tap ${tap_copy[-1]} MB/s, qemu-nbd ${plain_copy[-1]} MB/s; 4k randwrite qd32 tap ${tap_iops[-1]} IOPS, qemu-nbd ${plain_iops[-1]} IOPS"
+  if [[ $parts == *copy* ]]; then
+    tap_copy+=("$(copy_mbps "nbd://127.0.0.1:$tap_port/disk")"); settle
+    plain_copy+=("$(copy_mbps "nbd://127.0.0.1:$plain_port/disk")")
+    echo "run $run: nbdcopy tap ${tap_copy[-1]} MB/s, qemu-nbd ${plain_copy[-1]} MB/s"
+  fi
+  if [[ $parts == *iops* ]]; then
+    tap_iops+=("$(fio_iops "nbd://127.0.0.1:$tap_port/disk")"); settle
+    plain_iops+=("$(fio_iops "nbd://127.0.0.1:$plain_port/disk")")
+    echo "run $run: 4k randwrite qd32 tap ${tap_iops[-1]} IOPS, qemu-nbd ${plain_iops[-1]} IOPS"
+  fi
 done
-tc=$(median "${tap_copy[@]}") pc=$(median "${plain_copy[@]}") ti=$(median "${tap_iops[@]}") pi=$(median "${plain_iops[@]}")
 echo
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(df -T "$root" | awk 'NR==2 {print $2}') at $root"
-echo "nbdcopy ${size_mib} MiB incompressible: tap $tc MB/s, qemu-nbd $pc MB/s, ratio $(echo "scale=2; $tc / $pc" | bc) (target >= 0.8)"
-echo "4 KiB random writes qd32 (${fio_seconds}s): tap $ti IOPS, qemu-nbd $pi IOPS, ratio $(echo "scale=2; $ti / $pi" | bc) (target >= 0.7)"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(df -T "$root" | awk 'NR==2 {print $2}') at $root, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+if [[ $parts == *copy* ]]; then
+  tc=$(median "${tap_copy[@]}") pc=$(median "${plain_copy[@]}")
+  echo "nbdcopy ${size_mib} MiB incompressible: tap $tc MB/s, qemu-nbd $pc MB/s, ratio $(echo "scale=2; $tc / $pc" | bc) (target >= 0.8)"
+fi
+if [[ $parts == *iops* ]]; then
+  ti=$(median "${tap_iops[@]}") pi=$(median "${plain_iops[@]}")
+  echo "4 KiB random writes qd32 (${fio_seconds}s): tap $ti IOPS, qemu-nbd $pi IOPS, ratio $(echo "scale=2; $ti / $pi" | bc) (target >= 0.7)"
+fi

@@ -123,6 +123,15 @@ pub struct TapDisk {
         deserialize_with = "validate::grain_bytes"
     )]
     pub grain_bytes: u64,
+    /// Bytes of disk marked dirty at once by a write to a clean region (the
+    /// activity extent): a power of two, 4 KiB..=64 MiB; below
+    /// `grain_bytes` it is taken as `grain_bytes`. Larger: fewer synchronous
+    /// dirty-map writes; smaller: less read again after a crash.
+    #[serde(
+        default = "TapDisk::extent_bytes_default",
+        deserialize_with = "validate::extent_bytes"
+    )]
+    pub extent_bytes: u64,
 }
 
 /// `[[disk]] mode`: when the tap acknowledges a write to its NBD client.
@@ -209,6 +218,12 @@ impl TapDisk {
 
     fn grain_bytes_default() -> u64 {
         Self::GRAIN_BYTES_DEFAULT
+    }
+
+    pub const EXTENT_BYTES_DEFAULT: u64 = crate::tap::tracker::EXTENT_BYTES_DEFAULT;
+
+    fn extent_bytes_default() -> u64 {
+        Self::EXTENT_BYTES_DEFAULT
     }
 
     /// A mirror-target disk: no primary, no dirty map.

@@ -196,6 +196,13 @@ fn each_range_at_both_ends() {
             67_108_864,
             "name = \"d1\"\npath = \"/d1\"",
         ),
+        (
+            "[[disk]]",
+            "extent_bytes",
+            4_096,
+            67_108_864,
+            "name = \"d1\"\npath = \"/d1\"",
+        ),
     ];
     for (header, key, min, max, context) in cases {
         let text = |value: u64| minimal(&format!("{header}\n{context}\n{key} = {value}\n"));
@@ -230,6 +237,23 @@ fn grain_must_be_a_power_of_two() {
         (MINIMAL_LINES + 1, "disk[0].grain_bytes")
     );
     assert_eq!(problem.message, "grain_bytes 98304 is not a power of two");
+}
+
+#[test]
+fn extent_must_be_a_power_of_two() {
+    let config = parse(&minimal("")).unwrap();
+    assert_eq!(config.disks[0].extent_bytes, 4 << 20);
+    let problem = only_problem(&minimal("extent_bytes = 98304\n"));
+    assert_eq!(
+        (problem.line, problem.field.as_str()),
+        (MINIMAL_LINES + 1, "disk[0].extent_bytes")
+    );
+    assert_eq!(problem.message, "extent_bytes 98304 is not a power of two");
+    // Below the grain it is the grain (DiskTracker rounds it up).
+    let config = parse(&minimal("grain_bytes = 1048576\nextent_bytes = 65536\n")).unwrap();
+    assert_eq!(config.disks[0].extent_bytes, 65_536);
+    let config = parse(&minimal("extent_bytes = 65536\n")).unwrap();
+    assert_eq!(config.disks[0].extent_bytes, 65_536);
 }
 
 #[test]

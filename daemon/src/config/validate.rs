@@ -234,9 +234,18 @@ pub(super) fn batch_bytes_max<'de, D: Deserializer<'de>>(deserializer: D) -> Res
 
 /// A power of two, 4 KiB ..= 64 MiB.
 pub(super) fn grain_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    let bytes: u64 = ranged(deserializer, "grain_bytes", 4 << 10, 64 << 20)?;
+    power_of_two(deserializer, "grain_bytes")
+}
+
+pub(super) fn extent_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    power_of_two(deserializer, "extent_bytes")
+}
+
+/// A power of two in 4 KiB..=64 MiB.
+fn power_of_two<'de, D: Deserializer<'de>>(deserializer: D, key: &str) -> Result<u64, D::Error> {
+    let bytes: u64 = ranged(deserializer, key, 4 << 10, 64 << 20)?;
     if !bytes.is_power_of_two() {
-        let message = format!("grain_bytes {bytes} is not a power of two");
+        let message = format!("{key} {bytes} is not a power of two");
         return Err(de::Error::custom(message));
     }
     Ok(bytes)

@@ -10,13 +10,15 @@
 //! per connection is bounded by `in_flight_bytes_max` plus headers.
 //!
 //! Cost sketch: per request one task, one backend call, one reply write
-//! (header + payload); per connection at most `in_flight_requests_max`
+//! (header + payload, buffered: one write for the replies ready together),
+//! and a share of one socket read (buffered: small requests queued by the
+//! client come in with one read); per connection at most `in_flight_requests_max`
 //! tasks and `in_flight_bytes_max` payload bytes (64 MiB by default).
 
 use std::io;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +30,9 @@ use super::protocol::*;
 
 /// Buffer of the reply writer (replies larger than it bypass it).
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
+/// Buffer of the request reader: one read takes in every small request
+/// the client has queued (payloads larger than it bypass it).
+const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// What one connection serves, fixed by the handshake.
 pub struct Session {
@@ -86,7 +91,8 @@ pub async fn transmit<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (replies, queue) = mpsc::channel(session.limits.in_flight_requests_max);
     let writer = tokio::spawn(write_replies(writer, queue));
     let session = Arc::new(session);

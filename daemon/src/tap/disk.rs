@@ -95,10 +95,19 @@ impl TapBackend {
     /// forward is acknowledged nothing clears its grains. On failure the
     /// range is counted lost (resynchronised later).
     async fn begin(&self, offset: u64, length: u64) -> io::Result<()> {
-        self.disk.tracker.queued(offset, length, false);
+        self.begin_chunks(offset, length, length).await
+    }
+
+    /// `begin` for a range forwarded in records of `chunk` bytes, each
+    /// acknowledged on its own: each record is counted pending.
+    async fn begin_chunks(&self, offset: u64, length: u64, chunk: u64) -> io::Result<()> {
+        let chunks = chunk_ranges(offset, length, chunk);
+        for &(position, size) in &chunks {
+            self.disk.tracker.queued(position, size, false);
+        }
         let marked = self.mark(offset, length).await;
         if marked.is_err() {
-            self.disk.tracker.lost(offset, length);
+            self.disk.tracker.lost_each(&chunks);
         }
         marked
     }
@@ -170,10 +179,11 @@ impl BlockBackend for TapBackend {
     fn trim(&self, offset: u64, length: u32, fua: bool) -> BoxFuture<'_, io::Result<()>> {
         Box::pin(async move {
             let length64 = u64::from(length);
-            self.mark(offset, length64).await?;
+            self.begin(offset, length64).await?;
             let receiver = {
                 let _guard = self.disk.ranges.lock(offset, offset + length64).await;
-                self.disk.primary.trim(offset, length, fua).await?;
+                let trimmed = self.disk.primary.trim(offset, length, fua).await;
+                self.on_primary(offset, length64, trimmed).await?;
                 self.forward(Payload::Trim {
                     offset,
                     length: length64,
@@ -195,23 +205,33 @@ impl BlockBackend for TapBackend {
     ) -> BoxFuture<'_, io::Result<()>> {
         Box::pin(async move {
             let length64 = u64::from(length);
-            self.mark(offset, length64).await?;
+            self.begin_chunks(offset, length64, ZERO_RECORD_BYTES_MAX)
+                .await?;
             let mut receivers = Vec::new();
             {
                 let _guard = self.disk.ranges.lock(offset, offset + length64).await;
-                self.disk
+                let written = self
+                    .disk
                     .primary
                     .write_zeroes(offset, length, fua, may_trim)
-                    .await?;
-                let mut position = offset;
-                while position < offset + length64 {
-                    let chunk = ZERO_RECORD_BYTES_MAX.min(offset + length64 - position);
+                    .await;
+                if written.is_err() {
+                    self.disk.tracker.lost_each(&chunk_ranges(
+                        offset,
+                        length64,
+                        ZERO_RECORD_BYTES_MAX,
+                    ));
+                    if let Some(forwarder) = self.forwarder.upgrade() {
+                        forwarder.note_loss(self.number);
+                    }
+                    written?;
+                }
+                for (position, chunk) in chunk_ranges(offset, length64, ZERO_RECORD_BYTES_MAX) {
                     let data = vec![0u8; chunk as usize];
                     receivers.push(self.forward(Payload::Write {
                         offset: position,
                         data,
                     }));
-                    position += chunk;
                 }
             }
             for receiver in receivers {
@@ -220,4 +240,16 @@ impl BlockBackend for TapBackend {
             Ok(())
         })
     }
+}
+
+/// `offset..offset+length` cut in pieces of at most `chunk` bytes.
+fn chunk_ranges(offset: u64, length: u64, chunk: u64) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    let mut position = offset;
+    while position < offset + length {
+        let size = chunk.min(offset + length - position);
+        ranges.push((position, size));
+        position += size;
+    }
+    ranges
 }

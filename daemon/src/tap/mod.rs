@@ -142,7 +142,12 @@ fn open_disks(config: &TapConfig) -> Result<Vec<Arc<TapDisk>>, TapError> {
                 ForwardMode::Sync | ForwardMode::Mirror => Mode::Sync,
             },
             primary: Arc::new(primary),
-            tracker: Arc::new(DiskTracker::new(map, size_bytes)),
+            tracker: Arc::new(DiskTracker::with_extents(
+                map,
+                size_bytes,
+                disk.extent_bytes,
+                tracker::HOT_EXTENTS_BYTES_MAX,
+            )),
             ranges: Default::default(),
         }));
     }

@@ -85,6 +85,28 @@ pub struct TargetGroup {
     /// Set while the group is failed over (or committed): new batches are
     /// refused with this reason, so nothing more is applied.
     hold: Mutex<Option<String>>,
+    /// Batches made durable in redo and not yet applied, kept as received
+    /// (checked and decompressed), so that the applier need not read them
+    /// back from the journal and decompress them a second time.
+    recent: Mutex<RecentBatches>,
+}
+
+/// Most bytes of records `recent` holds; beyond, the applier reads redo.
+const RECENT_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Default)]
+struct RecentBatches {
+    /// In redo order, each with its redo sequence.
+    batches: VecDeque<RecentBatch>,
+    bytes: usize,
+}
+
+struct RecentBatch {
+    redo: u64,
+    first: u64,
+    last: u64,
+    records: Vec<StagedRecord>,
+    bytes: usize,
 }
 
 /// Keeps the undo a point needs from retention while it lives.
@@ -192,6 +214,7 @@ impl TargetGroup {
             pins: Mutex::new(BTreeMap::new()),
             next_pin: AtomicU64::new(1),
             hold: Mutex::new(None),
+            recent: Mutex::new(RecentBatches::default()),
         };
         group.rebuild()?;
         Ok(group)
@@ -499,6 +522,7 @@ impl TargetGroup {
             index.recoverable_from = applied + 1;
         }
         *self.newest_point.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.recent.lock().unwrap_or_else(|p| p.into_inner()) = RecentBatches::default();
         let redo_last = self.redo.usage().sequence_last_durable;
         self.redo.release_through(redo_last)?;
         Ok(())
@@ -534,12 +558,14 @@ impl TargetGroup {
         let Frame::Batch(batch) = frame else {
             unreachable!()
         };
-        self.redo
+        let redo = self
+            .redo
             .append(vec![RecordBody::Blob { data: bytes }])
             .await?;
         self.received_through
             .store(batch.sequence_last, Ordering::SeqCst);
         self.note_points(&records);
+        self.remember(redo.start, &batch, records);
         {
             let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
             counters.batches_received += 1;
@@ -547,6 +573,40 @@ impl TargetGroup {
         }
         self.arrived.notify_one();
         Ok(batch.sequence_last)
+    }
+
+    /// Keeps a received batch for the applier while there is room.
+    fn remember(&self, redo: u64, batch: &Batch, records: Vec<StagedRecord>) {
+        let bytes = batch.raw_bytes as usize;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.bytes + bytes > RECENT_BYTES_MAX {
+            return;
+        }
+        recent.bytes += bytes;
+        recent.batches.push_back(RecentBatch {
+            redo,
+            first: batch.sequence_first,
+            last: batch.sequence_last,
+            records,
+            bytes,
+        });
+    }
+
+    /// The kept batch at redo sequence `next`, if it is kept; older ones
+    /// (applied from redo meanwhile) are dropped.
+    fn take_recent(&self, next: u64) -> Option<RecentBatch> {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(front) = recent.batches.front() {
+            if front.redo > next {
+                return None;
+            }
+            let front = recent.batches.pop_front().expect("a front");
+            recent.bytes -= front.bytes;
+            if front.redo == next {
+                return Some(front);
+            }
+        }
+        None
     }
 
     fn check_ranges(&self, records: &[StagedRecord]) -> Result<(), TargetError> {
@@ -644,6 +704,13 @@ impl TargetGroup {
 
     /// Applies the redo records from `next` that are there; false when none.
     fn apply_from(&self, next: u64) -> Result<bool, TargetError> {
+        if let Some(kept) = self.take_recent(next) {
+            if kept.last > self.applied_through() {
+                self.apply_batch(kept.first, kept.last, &kept.records)?;
+            }
+            self.lock_state().redo_applied = kept.redo;
+            return Ok(true);
+        }
         let records = self.redo.read_from_blocking(next, APPLY_READ_BYTES)?;
         if records.is_empty() {
             return Ok(false);

@@ -367,15 +367,19 @@ impl DirtyMap {
     /// Clears the grains wholly inside `offset..offset+length` in memory;
     /// `persist` writes them later. A crash before that leaves them dirty,
     /// which costs a resync of those grains and nothing else.
-    pub fn clear(&self, offset: u64, length: u64) {
+    /// Returns how many were set.
+    pub fn clear(&self, offset: u64, length: u64) -> usize {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cleared = 0;
         for grain in self.grain_range(offset, length) {
             let (byte, mask) = ((grain / 8) as usize, 1u8 << (grain % 8));
             if state.bits[byte] & mask != 0 {
                 state.bits[byte] &= !mask;
                 state.pages_unwritten[byte / PAGE_BITMAP_BYTES] = true;
+                cleared += 1;
             }
         }
+        cleared
     }
 
     /// Writes the pages changed by `clear` since the last call.
