@@ -242,12 +242,26 @@ fn a_gateway_killed_during_the_delta_resumes_it() {
         .cli_ok(&["failover", "group-1", "--point", "latest"]);
     pair.target.cli_ok(&["commit", "group-1"]);
     // B's delta goes out slowly (one 1 MiB piece every 300 ms).
+    // The link to the peer named "target" (the tap is a peer too).
+    let target_link = |status: &serde_json::Value| {
+        let peers = status["peers"].as_array().cloned().unwrap_or_default();
+        let link = peers
+            .iter()
+            .find(|p| p["name"] == "target")
+            .map(|p| p["link"].clone())
+            .unwrap_or_default();
+        let up = link["state"] == "connected";
+        (up, link["since_unix_s"].as_u64().unwrap_or(0))
+    };
+    let (_, old_link) = target_link(&pair.source.status());
     pair.target.terminate();
     pair.target.set_env("DRGW_TEST_DELTA_PIECE_DELAY_MS", "300");
     pair.target.spawn();
+    // A new link, not the old one the source has not yet seen go down.
     pair.source
         .wait_for("the link again", Duration::from_secs(30), |status| {
-            status["peers"][0]["link"]["state"] == "connected"
+            let (up, since) = target_link(status);
+            up && since > old_link
         });
     let b_a = format!("nbd://127.0.0.1:{}/group-1-disk-a", pair.target.nbd_port);
     qemu_io(&b_a, "write -P 0x71 0 12M");

@@ -94,7 +94,9 @@ pub struct AdaptiveLevel {
 }
 
 impl AdaptiveLevel {
-    pub const MIN: i32 = 1;
+    /// zstd's fast levels go below 1 (faster, larger); 0 is not a level
+    /// here (a batch at level 0 is stored uncompressed) and is skipped.
+    pub const MIN: i32 = -7;
     pub const MAX: i32 = 9;
 
     pub fn new(configured: Option<i32>) -> AdaptiveLevel {
@@ -121,6 +123,9 @@ impl AdaptiveLevel {
             self.level += 1;
         } else if waited < compress / 2 && self.level > Self::MIN {
             self.level -= 1;
+        }
+        if self.level == 0 {
+            self.level = if waited > compress * 2 { 1 } else { -1 };
         }
     }
 }
@@ -604,14 +609,27 @@ mod tests {
             level.observe(ms(5), ms(50));
         }
         assert_eq!(level.level(), AdaptiveLevel::MAX);
-        // Compressing is: back down.
+        // Compressing is: back down, into zstd's fast levels, never 0
+        // (which would store batches uncompressed).
+        let mut seen = Vec::new();
         for _ in 0..20 {
             level.observe(ms(50), ms(1));
+            seen.push(level.level());
         }
+        assert!(!seen.contains(&0), "{seen:?}");
         assert_eq!(level.level(), AdaptiveLevel::MIN);
+        const { assert!(AdaptiveLevel::MIN < 0) };
+        level.observe(ms(5), ms(50));
+        level.observe(ms(5), ms(50));
+        level.observe(ms(5), ms(50));
+        level.observe(ms(5), ms(50));
+        level.observe(ms(5), ms(50));
+        level.observe(ms(5), ms(50));
+        level.observe(ms(5), ms(50));
+        assert_eq!(level.level(), 1, "from -1 up to 1, over 0");
         // Balanced: stays.
         level.observe(ms(10), ms(10));
-        assert_eq!(level.level(), AdaptiveLevel::MIN);
+        assert_eq!(level.level(), 1);
         let mut fixed = AdaptiveLevel::new(Some(7));
         fixed.observe(ms(1), ms(100));
         assert_eq!(fixed.level(), 7);

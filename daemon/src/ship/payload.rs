@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn batches_round_trip_compressed_or_not() {
-        for level in [0, 1, 3] {
+        for level in [0, 1, 3, -5] {
             let batch = build_batch(4, &sample(), level).unwrap();
             assert_eq!((batch.sequence_first, batch.sequence_last), (5, 10));
             assert_eq!(
