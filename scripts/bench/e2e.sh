@@ -57,12 +57,9 @@ retention_cap_bytes=${RETENTION_CAP_BYTES:-$((64 << 30))}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
 "$root/scripts/install-deps" >/dev/null
-if [[ -n ${DRGW_BIN:-} ]]; then
-  bin=$DRGW_BIN
-else
-  (cd "$root" && cargo build --release --quiet --bin drgw)
-  bin="${CARGO_TARGET_DIR:-$root/target}/release/drgw"
-fi
+# shellcheck source=scripts/bench/lib.sh
+source "$root/scripts/bench/lib.sh"
+bin=$(bench_drgw_bin "$root")
 mkdir -p "$dir"
 work=$(mktemp -d "$dir/drgw-e2e.XXXXXX")
 run_pids=() # the processes of the pair running now (earlier ones are stopped)

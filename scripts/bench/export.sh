@@ -56,15 +56,12 @@ point_interval_ms=${POINT_INTERVAL_MS:-100}
 runs=${RUNS:-3}
 wait_seconds=${WAIT_SECONDS:-1800}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-size_bytes=$(numfmt --from=iec "$size")
+numfmt --from=iec "$size" >/dev/null # refuses a malformed SIZE before anything starts
 
 "$root/scripts/install-deps" >/dev/null
-if [[ -n ${DRGW_BIN:-} ]]; then
-  bin=$DRGW_BIN
-else
-  (cd "$root" && cargo build --release --quiet --bin drgw)
-  bin="${CARGO_TARGET_DIR:-$root/target}/release/drgw"
-fi
+# shellcheck source=scripts/bench/lib.sh
+source "$root/scripts/bench/lib.sh"
+bin=$(bench_drgw_bin "$root")
 mkdir -p "$dir"
 run=$(mktemp -d "$dir/drgw-export.XXXXXX")
 pids=()

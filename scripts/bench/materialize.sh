@@ -37,12 +37,9 @@ wait_seconds=${WAIT_SECONDS:-900}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
 "$root/scripts/install-deps" >/dev/null
-if [[ -n ${DRGW_BIN:-} ]]; then
-  bin=$DRGW_BIN
-else
-  (cd "$root" && cargo build --release --quiet --bin drgw)
-  bin="${CARGO_TARGET_DIR:-$root/target}/release/drgw"
-fi
+# shellcheck source=scripts/bench/lib.sh
+source "$root/scripts/bench/lib.sh"
+bin=$(bench_drgw_bin "$root")
 size_bytes=$("$bin" --version >/dev/null && python3 -c "
 s='$size'; m={'K':10,'M':20,'G':30,'T':40}
 print(int(s[:-1]) << m[s[-1].upper()] if s[-1].upper() in m else int(s))")

@@ -75,10 +75,9 @@ if [[ $(id -u) != 0 ]]; then
   exit 2
 fi
 "$root/scripts/install-deps" >/dev/null
-if [[ -z ${DRGW_BIN:-} ]]; then
-  (cd "$root" && cargo build --release --quiet --bin drgw)
-  DRGW_BIN="${CARGO_TARGET_DIR:-$root/target}/release/drgw"
-fi
+# shellcheck source=scripts/bench/lib.sh
+source "$root/scripts/bench/lib.sh"
+DRGW_BIN=$(bench_drgw_bin "$root")
 export DRGW_BIN
 mkdir -p "$dir"
 export HWTEST_DIR=$dir

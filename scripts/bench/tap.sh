@@ -19,12 +19,9 @@ runs=${RUNS:-3}
 fio_seconds=${FIO_SECONDS:-20}
 scripts/install-deps >/dev/null
 parts=${PARTS:-copy iops}
-if [[ -n ${DRGW_BIN:-} ]]; then
-  bin=$DRGW_BIN
-else
-  cargo build --release --bin drgw >/dev/null 2>&1
-  bin=${CARGO_TARGET_DIR:-$PWD/target}/release/drgw
-fi
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
+bin=$(bench_drgw_bin "$PWD")
 work=$(mktemp -d "$root/drgw-bench.XXXXXX")
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

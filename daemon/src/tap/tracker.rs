@@ -199,13 +199,16 @@ impl DiskTracker {
             .iter()
             .map(|(&extent, &last)| (last, extent))
             .collect();
-        by_age.sort_unstable();
         let mut over_cap = by_age.len().saturating_sub(self.hot_extents_max);
+        // Only the cap needs the least recent first; idle extents go in any order.
+        if over_cap > 0 {
+            by_age.sort_unstable();
+        }
         let grains_per_extent = self.extent_bytes / self.grain_bytes;
         let mut cleared = 0;
         for (last, extent) in by_age {
             if over_cap == 0 && last.elapsed() < age {
-                break;
+                continue;
             }
             let grains = extent * grains_per_extent..(extent + 1) * grains_per_extent;
             if grains
@@ -216,10 +219,21 @@ impl DiskTracker {
             }
             state.hot.remove(&extent);
             over_cap = over_cap.saturating_sub(1);
-            for grain in grains {
-                if !state.lost.contains(&grain) {
-                    cleared += self.map.clear(grain * self.grain_bytes, self.grain_bytes);
+            // Clear the extent's grains in runs between its lost grains, which stay.
+            let mut from = grains.start;
+            for &lost in state.lost.range(grains.clone()) {
+                if lost > from {
+                    cleared += self
+                        .map
+                        .clear(from * self.grain_bytes, (lost - from) * self.grain_bytes);
                 }
+                from = lost + 1;
+            }
+            if grains.end > from {
+                cleared += self.map.clear(
+                    from * self.grain_bytes,
+                    (grains.end - from) * self.grain_bytes,
+                );
             }
         }
         cleared
@@ -411,9 +425,21 @@ mod tests {
         write(&tracker, 2 * GRAIN, GRAIN);
         tracker.lost(0, GRAIN);
         tracker.acknowledged(2 * GRAIN, GRAIN);
-        assert_eq!(tracker.sweep(Duration::ZERO), 3);
-        assert_eq!(tracker.dirty_bytes(), GRAIN, "only the lost grain is owed");
-        assert_eq!(tracker.lost_ranges(16), vec![(0, GRAIN)]);
+        // In the next extent a lost grain sits between cleared ones.
+        write(&tracker, 5 * GRAIN, GRAIN);
+        write(&tracker, 6 * GRAIN, GRAIN);
+        tracker.lost(5 * GRAIN, GRAIN);
+        tracker.acknowledged(6 * GRAIN, GRAIN);
+        assert_eq!(tracker.sweep(Duration::ZERO), 6);
+        assert_eq!(
+            tracker.dirty_bytes(),
+            2 * GRAIN,
+            "only the lost grains are owed"
+        );
+        assert_eq!(
+            tracker.lost_ranges(16),
+            vec![(0, GRAIN), (5 * GRAIN, GRAIN)]
+        );
     }
 
     #[test]
