@@ -101,6 +101,8 @@ retention = "$run/$1/retention"
 capacity_bytes = $3
 [retention]
 cap_bytes = $retention_cap_bytes
+[recovery]
+port = $(port)
 [log]
 level = "info"
 CONFIG
