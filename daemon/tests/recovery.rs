@@ -228,10 +228,15 @@ fn exports_and_a_test_failover_leave_replicas_and_journal_untouched() {
 
     // Replication goes on during the drill, and the drill's disks stay at their point.
     pair.source.spawn();
+    // Both peers of the source: the tap (bookmarks go through it) and the target.
     pair.source.wait_for(
-        "the link to the target",
+        "the links to the tap and the target",
         Duration::from_secs(20),
-        |status| status["peers"][0]["link"]["state"] == "connected",
+        |status| {
+            status["peers"].as_array().is_some_and(|peers| {
+                peers.len() == 2 && peers.iter().all(|p| p["link"]["state"] == "connected")
+            })
+        },
     );
     let more = rounds(&pair, &tap, 3, 1);
     let status = pair.target_group();
