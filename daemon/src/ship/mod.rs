@@ -119,14 +119,19 @@ impl AdaptiveLevel {
         if self.fixed {
             return;
         }
-        if waited > compress * 2 && self.level < Self::MAX {
-            self.level += 1;
-        } else if waited < compress / 2 && self.level > Self::MIN {
-            self.level -= 1;
+        // Link-bound: compress harder; CPU-bound: compress faster.
+        let step = if waited > compress * 2 {
+            1
+        } else if waited < compress / 2 {
+            -1
+        } else {
+            return;
+        };
+        let mut next = self.level + step;
+        if next == 0 {
+            next += step;
         }
-        if self.level == 0 {
-            self.level = if waited > compress * 2 { 1 } else { -1 };
-        }
+        self.level = next.clamp(Self::MIN, Self::MAX);
     }
 }
 
@@ -619,14 +624,13 @@ mod tests {
         assert!(!seen.contains(&0), "{seen:?}");
         assert_eq!(level.level(), AdaptiveLevel::MIN);
         const { assert!(AdaptiveLevel::MIN < 0) };
-        level.observe(ms(5), ms(50));
-        level.observe(ms(5), ms(50));
-        level.observe(ms(5), ms(50));
-        level.observe(ms(5), ms(50));
-        level.observe(ms(5), ms(50));
-        level.observe(ms(5), ms(50));
-        level.observe(ms(5), ms(50));
-        assert_eq!(level.level(), 1, "from -1 up to 1, over 0");
+        // Back up from MIN (-7): six steps reach -1, the seventh skips 0.
+        let mut up = Vec::new();
+        for _ in 0..7 {
+            level.observe(ms(5), ms(50));
+            up.push(level.level());
+        }
+        assert_eq!(up, [-6, -5, -4, -3, -2, -1, 1], "from -1 up to 1, over 0");
         // Balanced: stays.
         level.observe(ms(10), ms(10));
         assert_eq!(level.level(), 1);

@@ -201,13 +201,18 @@ impl DiskTracker {
             .collect();
         let mut over_cap = by_age.len().saturating_sub(self.hot_extents_max);
         // Only the cap needs the least recent first; idle extents go in any order.
-        if over_cap > 0 {
+        let sorted = over_cap > 0;
+        if sorted {
             by_age.sort_unstable();
         }
         let grains_per_extent = self.extent_bytes / self.grain_bytes;
         let mut cleared = 0;
         for (last, extent) in by_age {
             if over_cap == 0 && last.elapsed() < age {
+                // Sorted, every extent after this one is younger still.
+                if sorted {
+                    break;
+                }
                 continue;
             }
             let grains = extent * grains_per_extent..(extent + 1) * grains_per_extent;
