@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 /// Alignment of every O_DIRECT transfer (offset, length and buffer).
 pub const DIRECT_ALIGNMENT: usize = 4096;
 
-/// A zero-initialised buffer whose start is [`DIRECT_ALIGNMENT`]-aligned.
+/// An initialised buffer whose start is [`DIRECT_ALIGNMENT`]-aligned.
 pub struct AlignedBuffer {
     pointer: NonNull<u8>,
     layout: Layout,
@@ -20,21 +20,39 @@ unsafe impl Send for AlignedBuffer {}
 impl AlignedBuffer {
     /// A zeroed buffer of `length_bytes` (> 0, a multiple of the alignment).
     pub fn zeroed(length_bytes: usize) -> AlignedBuffer {
-        assert!(
-            length_bytes > 0 && length_bytes % DIRECT_ALIGNMENT == 0,
-            "aligned buffer length {length_bytes} must be a nonzero multiple of {DIRECT_ALIGNMENT}"
-        );
-        let layout = Layout::from_size_align(length_bytes, DIRECT_ALIGNMENT)
-            .expect("length and alignment checked above");
-        // SAFETY: the layout has a nonzero size (asserted above).
+        let layout = Self::layout(length_bytes);
+        // SAFETY: the layout has a nonzero size (checked in `layout`).
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let pointer = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
         AlignedBuffer { pointer, layout }
     }
 
+    /// An aligned copy of `data` (its length > 0, a multiple of the
+    /// alignment), without zeroing the memory first.
+    pub fn copied_from(data: &[u8]) -> AlignedBuffer {
+        let layout = Self::layout(data.len());
+        // SAFETY: the layout has a nonzero size (checked in `layout`).
+        let raw = unsafe { alloc::alloc(layout) };
+        let pointer = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        // SAFETY: the new allocation is valid for `data.len()` bytes and
+        // cannot overlap `data`; after the copy every byte is initialised,
+        // before any slice of it exists.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), pointer.as_ptr(), data.len()) };
+        AlignedBuffer { pointer, layout }
+    }
+
+    fn layout(length_bytes: usize) -> Layout {
+        assert!(
+            length_bytes > 0 && length_bytes % DIRECT_ALIGNMENT == 0,
+            "aligned buffer length {length_bytes} must be a nonzero multiple of {DIRECT_ALIGNMENT}"
+        );
+        Layout::from_size_align(length_bytes, DIRECT_ALIGNMENT)
+            .expect("length and alignment checked above")
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `pointer` is valid for `layout.size()` initialised bytes
-        // (allocated zeroed) for as long as `self` lives.
+        // (allocated zeroed, or filled by the copy) for as long as `self` lives.
         unsafe { std::slice::from_raw_parts(self.pointer.as_ptr(), self.layout.size()) }
     }
 
@@ -46,7 +64,8 @@ impl AlignedBuffer {
 
 impl Drop for AlignedBuffer {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with exactly this layout, freed once.
+        // SAFETY: allocated in `zeroed` or `copied_from` with exactly this
+        // layout, freed once.
         unsafe { alloc::dealloc(self.pointer.as_ptr(), self.layout) }
     }
 }
@@ -62,5 +81,22 @@ mod tests {
         assert!(buffer.as_slice().iter().all(|byte| *byte == 0));
         buffer.as_mut_slice()[4095] = 7;
         assert_eq!(buffer.as_slice()[4095], 7);
+    }
+
+    #[test]
+    fn an_aligned_copy_holds_the_data() {
+        let data: Vec<u8> = (0..3 * DIRECT_ALIGNMENT).map(|i| (i % 251) as u8).collect();
+        // Misaligned on purpose: the copy is what O_DIRECT gets.
+        let mut misaligned = vec![0u8; data.len() + 1];
+        misaligned[1..].copy_from_slice(&data);
+        let copy = AlignedBuffer::copied_from(&misaligned[1..]);
+        assert_eq!(copy.as_slice().as_ptr() as usize % DIRECT_ALIGNMENT, 0);
+        assert_eq!(copy.as_slice(), &data[..]);
+    }
+
+    #[test]
+    #[should_panic(expected = "multiple of 4096")]
+    fn an_unaligned_length_is_refused() {
+        AlignedBuffer::copied_from(&[1, 2, 3]);
     }
 }

@@ -92,6 +92,22 @@ impl FileBackend {
         self.inner.direct.is_some()
     }
 
+    /// `write`, handing `data` back with the result, so that a caller
+    /// that needs the bytes afterwards (the tap forwards them) does not
+    /// copy them first. The outer error is a failed blocking task (the
+    /// data is gone with it); the inner one, the write's.
+    pub fn write_owned(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    ) -> BoxFuture<'static, io::Result<(Vec<u8>, io::Result<()>)>> {
+        self.blocking(move |inner| {
+            let written = inner.write(offset, &data, fua);
+            Ok((data, written))
+        })
+    }
+
     fn blocking<T, F>(&self, work: F) -> BoxFuture<'static, io::Result<T>>
     where
         T: Send + 'static,
@@ -182,9 +198,7 @@ impl FileInner {
         let result = if data.as_ptr() as usize % DIRECT_ALIGNMENT == 0 {
             direct.write_all_at(data, offset)
         } else {
-            let mut buffer = AlignedBuffer::zeroed(data.len());
-            buffer.as_mut_slice().copy_from_slice(data);
-            direct.write_all_at(buffer.as_slice(), offset)
+            direct.write_all_at(AlignedBuffer::copied_from(data).as_slice(), offset)
         };
         match result {
             Ok(()) => Ok(true),

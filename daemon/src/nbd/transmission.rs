@@ -105,6 +105,25 @@ where
     written.map_err(NbdError::from)
 }
 
+/// Reads a WRITE payload of `length` bytes into a new vector without
+/// zeroing it first: `read_buf` fills the spare capacity, which is exactly
+/// what is left to read, so nothing past the payload is taken.
+async fn read_payload<R>(reader: &mut R, length: usize) -> io::Result<Vec<u8>>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut payload = Vec::with_capacity(length);
+    while payload.len() < length {
+        if reader.read_buf(&mut payload).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the client went away {} bytes into a {length}-byte write", payload.len()),
+            ));
+        }
+    }
+    Ok(payload)
+}
+
 async fn read_requests<R>(
     reader: &mut R,
     session: &Arc<Session>,
@@ -152,8 +171,7 @@ where
         }
         let mut payload = Vec::new();
         if request.command == CMD_WRITE {
-            payload = vec![0u8; request.length as usize];
-            reader.read_exact(&mut payload).await?;
+            payload = read_payload(reader, request.length as usize).await?;
         }
         if let Some(Refusal::Error { errno, reason }) = refusal {
             queue_reply(
@@ -373,4 +391,35 @@ where
     }
     writer.flush().await?;
     writer.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_payload_is_read_whole_in_pieces_and_nothing_after_it() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        // A 7-byte pipe: the payload arrives in many short reads.
+        let (mut client, mut server) = tokio::io::duplex(7);
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.write_all(b"NEXT").await.unwrap();
+        });
+        let read = read_payload(&mut server, payload.len()).await.unwrap();
+        assert_eq!(read, payload);
+        let mut next = [0u8; 4];
+        server.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"NEXT", "the bytes after the payload stay for the next request");
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_mid_payload_is_an_unexpected_eof() {
+        let mut short: &[u8] = &[1, 2, 3];
+        let error = read_payload(&mut short, 8).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(error.to_string().contains("3 bytes into a 8-byte write"), "{error}");
+    }
 }

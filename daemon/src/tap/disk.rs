@@ -129,7 +129,10 @@ impl TapBackend {
         self.begin(offset, length).await?;
         let receiver = {
             let _guard = self.disk.ranges.lock(offset, offset + length).await;
-            let written = self.disk.primary.write(offset, data.clone(), fua).await;
+            let (data, written) = match self.disk.primary.write_owned(offset, data, fua).await {
+                Ok((data, written)) => (data, written),
+                Err(failed) => (Vec::new(), Err(failed)),
+            };
             self.on_primary(offset, length, written).await?;
             self.forward(Payload::Write { offset, data })
         };
