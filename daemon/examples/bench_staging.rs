@@ -70,7 +70,8 @@ async fn main() {
                 if index >= records_total {
                     return;
                 }
-                let data = pool[index as usize % POOL_RECORDS].clone();
+                // A fresh copy per record, as a record read off the wire is.
+                let data = pool[index as usize % POOL_RECORDS].clone().into();
                 let body = RecordBody::Write {
                     disk: 0,
                     offset: index * record_bytes as u64,

@@ -4,6 +4,7 @@
 //! of the journal format (docs/formats/journal.md).
 
 use crate::staging::{RecordBody, StagedRecord};
+use bytes::Bytes;
 use crate::wire::Batch;
 
 pub const CODEC_NONE: u8 = 0;
@@ -158,13 +159,15 @@ impl<'a> Cursor<'a> {
 }
 
 /// Decodes a raw payload; sequences must increase and lie in `first..=last`.
+/// The records' data are slices of `raw`, not copies.
 pub fn decode_records(
-    raw: &[u8],
+    raw: &Bytes,
     first: u64,
     last: u64,
     count: u32,
 ) -> Result<Vec<StagedRecord>, PayloadError> {
     let mut cursor = Cursor { bytes: raw };
+    let at = |cursor: &Cursor| raw.len() - cursor.bytes.len();
     // Each record takes at least 13 bytes: a forged count allocates nothing.
     let mut records = Vec::with_capacity((count as usize).min(raw.len() / 13));
     let mut previous: Option<u64> = None;
@@ -191,7 +194,9 @@ pub fn decode_records(
                         length: u64::from(length),
                     });
                 }
-                let data = cursor.take(length as usize, "write.data")?.to_vec();
+                let start = at(&cursor);
+                cursor.take(length as usize, "write.data")?;
+                let data = raw.slice(start..at(&cursor));
                 RecordBody::Write { disk, offset, data }
             }
             KIND_TRIM => {
@@ -286,14 +291,11 @@ pub fn open_batch(batch: &Batch) -> Result<Vec<StagedRecord>, PayloadError> {
     if batch.raw_bytes as usize > RAW_BYTES_MAX {
         return Err(PayloadError::TooLarge(batch.raw_bytes));
     }
-    let raw;
-    let bytes: &[u8] = match batch.codec {
-        CODEC_NONE => &batch.payload,
-        CODEC_ZSTD => {
-            raw = zstd::bulk::decompress(&batch.payload, batch.raw_bytes as usize)
-                .map_err(|error| PayloadError::Decompress(error.to_string()))?;
-            &raw
-        }
+    let bytes = match batch.codec {
+        CODEC_NONE => Bytes::copy_from_slice(&batch.payload),
+        CODEC_ZSTD => zstd::bulk::decompress(&batch.payload, batch.raw_bytes as usize)
+            .map_err(|error| PayloadError::Decompress(error.to_string()))?
+            .into(),
         other => return Err(PayloadError::Codec(other)),
     };
     if bytes.len() != batch.raw_bytes as usize {
@@ -302,7 +304,7 @@ pub fn open_batch(batch: &Batch) -> Result<Vec<StagedRecord>, PayloadError> {
             found: bytes.len(),
         });
     }
-    let computed = crc32c::crc32c(bytes);
+    let computed = crc32c::crc32c(&bytes);
     if computed != batch.raw_crc32c {
         return Err(PayloadError::Checksum {
             expected: batch.raw_crc32c,
@@ -310,7 +312,7 @@ pub fn open_batch(batch: &Batch) -> Result<Vec<StagedRecord>, PayloadError> {
         });
     }
     decode_records(
-        bytes,
+        &bytes,
         batch.sequence_first,
         batch.sequence_last,
         batch.records,
@@ -329,7 +331,7 @@ mod tests {
                 RecordBody::Write {
                     disk: 1,
                     offset: 4096,
-                    data: vec![7; 8192],
+                    data: vec![7; 8192].into(),
                 },
             ),
             body(
@@ -409,12 +411,12 @@ mod tests {
         let mut raw = Vec::new();
         encode_records(&sample(), &mut raw).unwrap();
         for cut in 0..raw.len() {
-            let _ = decode_records(&raw[..cut], 0, u64::MAX, 5);
+            let _ = decode_records(&Bytes::copy_from_slice(&raw[..cut]), 0, u64::MAX, 5);
         }
         for at in 0..raw.len().min(200) {
             let mut bytes = raw.clone();
             bytes[at] ^= 0x55;
-            let _ = decode_records(&bytes, 0, u64::MAX, 5);
+            let _ = decode_records(&bytes.into(), 0, u64::MAX, 5);
         }
     }
 }

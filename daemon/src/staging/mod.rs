@@ -149,7 +149,9 @@ pub enum RecordBody {
     Write {
         disk: u32,
         offset: u64,
-        data: Vec<u8>,
+        /// Shared, not copied, between staging, the records kept in memory
+        /// for shipping, and the batch being built.
+        data: bytes::Bytes,
     },
     Trim {
         disk: u32,

@@ -362,7 +362,7 @@ pub fn decode_body(
         Kind::Write => RecordBody::Write {
             disk: header.disk,
             offset: header.disk_offset,
-            data: plain,
+            data: plain.into(),
         },
         Kind::Trim => RecordBody::Trim {
             disk: header.disk,
@@ -433,7 +433,7 @@ mod tests {
                 RecordBody::Write {
                     disk: 2,
                     offset: 4096,
-                    data: vec![0xab; 1000],
+                    data: vec![0xab; 1000].into(),
                 },
                 sealer,
             );

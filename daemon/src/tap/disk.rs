@@ -134,7 +134,10 @@ impl TapBackend {
                 Err(failed) => (Vec::new(), Err(failed)),
             };
             self.on_primary(offset, length, written).await?;
-            self.forward(Payload::Write { offset, data })
+            self.forward(Payload::Write {
+                offset,
+                data: data.into(),
+            })
         };
         Self::settle(receiver).await;
         Ok(())
@@ -230,10 +233,9 @@ impl BlockBackend for TapBackend {
                     written?;
                 }
                 for (position, chunk) in chunk_ranges(offset, length64, ZERO_RECORD_BYTES_MAX) {
-                    let data = vec![0u8; chunk as usize];
                     receivers.push(self.forward(Payload::Write {
                         offset: position,
-                        data,
+                        data: vec![0u8; chunk as usize].into(),
                     }));
                 }
             }

@@ -35,7 +35,7 @@ const BARRIER_WAIT_MAX: Duration = Duration::from_secs(30);
 pub enum Payload {
     Write {
         offset: u64,
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     Trim {
         offset: u64,
@@ -689,7 +689,10 @@ impl Forwarder {
         };
         let item = Item {
             disk: number,
-            payload: Payload::Write { offset, data },
+            payload: Payload::Write {
+                offset,
+                data: data.into(),
+            },
             waiter: None,
         };
         let queued = self.push_waiting(item).await;
@@ -935,7 +938,7 @@ impl Forwarder {
                 disk: number,
                 payload: Payload::Write {
                     offset: position,
-                    data,
+                    data: data.into(),
                 },
                 waiter: None,
             };

@@ -124,6 +124,7 @@ impl BlockBackend for MirrorBackend {
     }
 
     fn write(&self, offset: u64, data: Vec<u8>, _fua: bool) -> BoxFuture<'_, io::Result<()>> {
+        let data = bytes::Bytes::from(data);
         Box::pin(async move {
             let length = data.len() as u64;
             self.forward(|| Payload::Write {
@@ -163,7 +164,7 @@ impl BlockBackend for MirrorBackend {
                 let chunk = ZERO_RECORD_BYTES_MAX.min(end - position);
                 self.forward(|| Payload::Write {
                     offset: position,
-                    data: vec![0u8; chunk as usize],
+                    data: vec![0u8; chunk as usize].into(),
                 })
                 .await?;
                 self.disk.staged_bytes.fetch_add(chunk, Ordering::Relaxed);

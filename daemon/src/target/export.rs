@@ -53,7 +53,7 @@ impl Capture {
             bodies.push(crate::staging::RecordBody::Write {
                 disk: self.disk_id,
                 offset: offset + (index * CAPTURE_RECORD_BYTES) as u64,
-                data: piece.to_vec(),
+                data: bytes::Bytes::copy_from_slice(piece),
             });
         }
         let records = bodies.len() as u64;

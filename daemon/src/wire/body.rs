@@ -245,9 +245,15 @@ fn check_range_encode(offset: u64, length: u64) -> Result<(), EncodeError> {
     }
 }
 
-/// Decodes a whole body of `kind`; every byte must be used.
-pub(crate) fn read_body(kind: FrameKind, body: &[u8]) -> Result<Frame, DecodeError> {
-    let mut reader = Reader::new(body);
+/// Decodes a whole body of `kind`; every byte must be used. WRITE data
+/// are copied out of `body`, or sliced from `shared` (the same bytes) when
+/// it is given.
+pub(crate) fn read_body(
+    kind: FrameKind,
+    body: &[u8],
+    shared: Option<&bytes::Bytes>,
+) -> Result<Frame, DecodeError> {
+    let mut reader = shared.map_or_else(|| Reader::new(body), Reader::over_shared);
     let frame = match kind {
         FrameKind::Hello => Frame::Hello(read_hello(&mut reader)?),
         FrameKind::Write => Frame::Write(read_write_batch(&mut reader)?),
@@ -433,7 +439,7 @@ fn read_write_record(reader: &mut Reader<'_>) -> Result<WriteRecord, DecodeError
     let length = reader.u32("write.length")?;
     check_range_decode(offset, u64::from(length))?;
     // Lossless: usize has at least 32 bits (asserted in mod.rs).
-    let data = reader.bytes("write.data", length as usize)?.to_vec();
+    let data = reader.shared_bytes("write.data", length as usize)?;
     Ok(WriteRecord {
         disk,
         sequence,

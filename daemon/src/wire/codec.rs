@@ -59,14 +59,19 @@ pub fn decode(buf: &[u8], max_body_bytes: u32) -> Result<(Frame, usize), DecodeE
         let needed = frame_len.saturating_sub(buf.len());
         return Err(DecodeError::Incomplete { needed });
     };
-    let frame = decode_body(&header, body)?;
+    let frame = decode_body(&header, body, None)?;
     Ok((frame, frame_len))
 }
 
-/// Checks the checksum and frame type, then decodes the body.
-pub(crate) fn decode_body(header: &Header, body: &[u8]) -> Result<Frame, DecodeError> {
+/// Checks the checksum and frame type, then decodes the body (`shared`:
+/// the same bytes, for WRITE data to be sliced from rather than copied).
+pub(crate) fn decode_body(
+    header: &Header,
+    body: &[u8],
+    shared: Option<&bytes::Bytes>,
+) -> Result<Frame, DecodeError> {
     let kind = header.verify(body)?;
-    let frame = body::read_body(kind, body)?;
+    let frame = body::read_body(kind, body, shared)?;
     debug_assert_eq!(frame.kind(), kind);
     Ok(frame)
 }

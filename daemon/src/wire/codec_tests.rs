@@ -70,7 +70,7 @@ fn record(sequence: u64, offset: u64, data: &[u8]) -> WriteRecord {
         disk: 3,
         sequence,
         offset,
-        data: data.to_vec(),
+        data: bytes::Bytes::copy_from_slice(data),
     }
 }
 

@@ -6,11 +6,39 @@ use super::error::DecodeError;
 
 pub(crate) struct Reader<'a> {
     rest: &'a [u8],
+    /// The whole of what is read, when it is shared: then
+    /// [`Reader::shared_bytes`] slices it instead of copying.
+    shared: Option<&'a bytes::Bytes>,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
-        Reader { rest: bytes }
+        Reader {
+            rest: bytes,
+            shared: None,
+        }
+    }
+
+    pub(crate) fn over_shared(bytes: &'a bytes::Bytes) -> Reader<'a> {
+        Reader {
+            rest: bytes,
+            shared: Some(bytes),
+        }
+    }
+
+    /// `bytes`, as an owned buffer: a slice of the shared whole (no copy)
+    /// when there is one, else a copy.
+    pub(crate) fn shared_bytes(
+        &mut self,
+        field: &'static str,
+        length: usize,
+    ) -> Result<bytes::Bytes, DecodeError> {
+        let start = self.shared.map(|whole| whole.len() - self.rest.len());
+        let head = self.bytes(field, length)?;
+        Ok(match (self.shared, start) {
+            (Some(whole), Some(start)) => whole.slice(start..start + length),
+            _ => bytes::Bytes::copy_from_slice(head),
+        })
     }
 
     pub(crate) fn remaining(&self) -> usize {

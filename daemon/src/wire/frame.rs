@@ -210,7 +210,7 @@ pub struct WriteRecord {
     pub sequence: u64,
     /// Byte offset on the disk; `offset + data.len()` fits in a u64.
     pub offset: u64,
-    pub data: Vec<u8>,
+    pub data: bytes::Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

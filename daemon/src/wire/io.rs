@@ -35,15 +35,31 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
     }
     let header = Header::parse(&header_bytes, max_body_bytes)?;
-    let mut body = vec![0u8; header.body_len()];
-    let body_received = read_full(reader, &mut body).await?;
-    if body_received < body.len() {
+    let body = read_body(reader, header.body_len()).await?;
+    if body.len() < header.body_len() {
         return Err(ReadError::ConnectionClosed {
-            received: HEADER_BYTES + body_received,
+            received: HEADER_BYTES + body.len(),
             expected: header.frame_len(),
         });
     }
-    Ok(Some(codec::decode_body(&header, &body)?))
+    let body = bytes::Bytes::from(body);
+    Ok(Some(codec::decode_body(&header, &body, Some(&body))?))
+}
+
+/// Reads up to `length` bytes (fewer only if the stream ends) into a new
+/// vector without zeroing it first: `read_buf` fills the spare capacity,
+/// which is exactly what is left to read.
+async fn read_body<R: AsyncRead + Unpin>(reader: &mut R, length: usize) -> io::Result<Vec<u8>> {
+    let mut body = Vec::with_capacity(length);
+    while body.len() < length {
+        match reader.read_buf(&mut body).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(body)
 }
 
 /// Encodes `frame`, writes it whole and flushes, so the frame is on its way

@@ -47,7 +47,7 @@ fn write_batch() -> impl Strategy<Value = WriteBatch> {
                     disk,
                     sequence,
                     offset: offset.min(offset_max),
-                    data,
+                    data: data.into(),
                 }
             })
             .collect();
