@@ -481,8 +481,6 @@ impl GroupShipper {
         let mut acknowledged = resume;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut in_flight_bytes = 0usize;
-        // A prepared batch waiting for room in the window.
-        let mut held: Option<Prepared> = None;
         let level = Arc::new(Mutex::new(AdaptiveLevel::new(
             self.appliance.settings().zstd_level,
         )));
@@ -507,59 +505,48 @@ impl GroupShipper {
                     info = now;
                 }
             }
-            // The window is strict: a batch goes only if it fits beside
-            // those unacknowledged (or alone), so a cut re-sends at most
-            // IN_FLIGHT_BYTES.
-            let fits = held.as_ref().is_some_and(|ready: &Prepared| {
-                in_flight.is_empty() || in_flight_bytes + ready.batch.payload.len() <= IN_FLIGHT_BYTES
-            });
-            if fits {
-                let Some(Prepared { batch, compress }) = held.take() else {
-                    unreachable!("fits only when a batch is held");
-                };
-                let sequence_last = batch.sequence_last;
-                let raw_bytes = u64::from(batch.raw_bytes);
-                let wire_bytes = batch.payload.len();
-                let wait_started = Instant::now();
-                self.appliance.throttle.acquire(wire_bytes as u64).await;
-                self.send(Frame::Batch(batch)).await?;
-                let current = {
-                    let mut level = level.lock().unwrap_or_else(|p| p.into_inner());
-                    level.observe(compress, wait_started.elapsed());
-                    level.level()
-                };
-                let resent = {
-                    let mut high = board.sent_high.lock().unwrap_or_else(|p| p.into_inner());
-                    let entry = high.entry(self.group_id).or_insert(0);
-                    let resent = sequence_last <= *entry;
-                    *entry = (*entry).max(sequence_last);
-                    resent
-                };
-                board.update(self.group_id, |status| {
-                    status.batches_sent += 1;
-                    status.raw_bytes_sent += raw_bytes;
-                    status.wire_bytes_sent += wire_bytes as u64;
-                    if resent {
-                        status.resent_bytes += wire_bytes as u64;
-                    }
-                    status.zstd_level = current;
-                });
-                in_flight.push_back(InFlight {
-                    sequence_last,
-                    wire_bytes,
-                    sent: Instant::now(),
-                });
-                in_flight_bytes += wire_bytes;
-                continue;
-            }
+            let room = in_flight_bytes < IN_FLIGHT_BYTES;
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ok(()),
                 acked = self.acks.recv() => {
                     let acked = acked.ok_or(ShipError::Closed)?;
                     self.on_ack(&log, acked, &mut acknowledged, &mut in_flight, &mut in_flight_bytes)?;
                 }
-                ready = prepared.recv(), if held.is_none() => {
-                    held = Some(ready.ok_or(ShipError::Closed)??);
+                ready = prepared.recv(), if room => {
+                    let Prepared { batch, compress } = ready.ok_or(ShipError::Closed)??;
+                    let sequence_last = batch.sequence_last;
+                    let raw_bytes = u64::from(batch.raw_bytes);
+                    let wire_bytes = batch.payload.len();
+                    let wait_started = Instant::now();
+                    self.appliance.throttle.acquire(wire_bytes as u64).await;
+                    self.send(Frame::Batch(batch)).await?;
+                    let current = {
+                        let mut level = level.lock().unwrap_or_else(|p| p.into_inner());
+                        level.observe(compress, wait_started.elapsed());
+                        level.level()
+                    };
+                    let resent = {
+                        let mut high = board.sent_high.lock().unwrap_or_else(|p| p.into_inner());
+                        let entry = high.entry(self.group_id).or_insert(0);
+                        let resent = sequence_last <= *entry;
+                        *entry = (*entry).max(sequence_last);
+                        resent
+                    };
+                    board.update(self.group_id, |status| {
+                        status.batches_sent += 1;
+                        status.raw_bytes_sent += raw_bytes;
+                        status.wire_bytes_sent += wire_bytes as u64;
+                        if resent {
+                            status.resent_bytes += wire_bytes as u64;
+                        }
+                        status.zstd_level = current;
+                    });
+                    in_flight.push_back(InFlight {
+                        sequence_last,
+                        wire_bytes,
+                        sent: Instant::now(),
+                    });
+                    in_flight_bytes += wire_bytes;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
