@@ -117,7 +117,10 @@ where
         if reader.read_buf(&mut payload).await? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("the client went away {} bytes into a {length}-byte write", payload.len()),
+                format!(
+                    "the client went away {} bytes into a {length}-byte write",
+                    payload.len()
+                ),
             ));
         }
     }
@@ -411,7 +414,10 @@ mod tests {
         assert_eq!(read, payload);
         let mut next = [0u8; 4];
         server.read_exact(&mut next).await.unwrap();
-        assert_eq!(&next, b"NEXT", "the bytes after the payload stay for the next request");
+        assert_eq!(
+            &next, b"NEXT",
+            "the bytes after the payload stay for the next request"
+        );
         writer.await.unwrap();
     }
 
@@ -420,6 +426,9 @@ mod tests {
         let mut short: &[u8] = &[1, 2, 3];
         let error = read_payload(&mut short, 8).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(error.to_string().contains("3 bytes into a 8-byte write"), "{error}");
+        assert!(
+            error.to_string().contains("3 bytes into a 8-byte write"),
+            "{error}"
+        );
     }
 }

@@ -4,8 +4,8 @@
 //! of the journal format (docs/formats/journal.md).
 
 use crate::staging::{RecordBody, StagedRecord};
-use bytes::Bytes;
 use crate::wire::Batch;
+use bytes::Bytes;
 
 pub const CODEC_NONE: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
