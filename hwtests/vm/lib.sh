@@ -7,9 +7,12 @@
 # virtio-blk: the guest never boots from the disk itself.
 
 vm_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# Where the kernel package is unpacked when the host has no usable kernel.
+# Where Debian's kernel package is unpacked, one directory per package
+# version (DRGW_VM_CACHE overrides it).
 vm_cache=${DRGW_VM_CACHE:-/var/cache/drgw-hwtests}
-vm_modules="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk"
+# What the guest needs to see /dev/vda; their dependencies are resolved from
+# the chosen kernel's modules.dep when the initramfs is built.
+vm_modules_wanted="virtio_pci virtio_blk"
 
 # vm_packages: installs qemu-system-x86, busybox-static and cpio if missing.
 # qemu-utils is installed at qemu-system-x86's version: Debian's
@@ -19,78 +22,181 @@ vm_packages() {
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
   dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
   command -v cpio >/dev/null || missing+=(cpio)
+  command -v xz >/dev/null || missing+=(xz-utils)
+  command -v depmod >/dev/null || missing+=(kmod)
   ((${#missing[@]})) || return 0
   echo "vm: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || vm_skip "apt-get update failed"
+  apt-get update -qq || fail "vm: apt-get update failed: cannot install ${missing[*]}"
   local version
   version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
   apt-get install -y -qq --no-install-recommends --allow-downgrades \
-    "${missing[@]}" "qemu-utils=$version" >/dev/null || vm_skip "cannot install ${missing[*]}"
+    "${missing[@]}" "qemu-utils=$version" >/dev/null || fail "vm: cannot install ${missing[*]}"
 }
 
-# vm_skip REASON: exit 77 (hwtests/run reports the test skipped)
+# vm_skip REASON: exit 77 (hwtests/run reports the test skipped, with REASON)
 vm_skip() {
   echo "SKIP: $*" >&2
   exit 77
 }
 
-# vm_kernel: sets vm_vmlinuz and vm_moddir (the directory of its modules,
-# empty when virtio-blk is built in). Uses an installed kernel that has
-# virtio-blk, else unpacks Debian's linux-image-amd64 once and keeps its
-# kernel, config and virtio modules in $vm_cache/kernel-min (apt-get
-# download + dpkg-deb -x: no hooks run, /boot is untouched).
+# vm_kernel: chooses the guest kernel explicitly and prints which one and
+# where it came from. Sets vm_vmlinuz, vm_kernel_version, vm_moddir (the
+# kernel's module tree: modules.dep, modules.builtin, the .ko files) and
+# vm_kernel_source. In order:
+#   1. DRGW_VM_KERNEL=/path/vmlinuz-VERSION, its modules in DRGW_VM_MODULES
+#      (default /lib/modules/VERSION): a kernel the operator names;
+#   2. Debian's linux-image-amd64 at the version the machine's apt sources
+#      offer now, unpacked (apt-get download + dpkg-deb -x: no hooks, /boot
+#      untouched) into $vm_cache/PACKAGE_VERSION, reused while that package
+#      version stays current; other versions there are removed.
+# Whatever /boot holds is never picked up by chance. A kernel that cannot be
+# had fails the test with the reason.
 vm_kernel() {
-  local image version
-  for image in /boot/vmlinuz-*; do
-    [ -f "$image" ] || continue
-    version=${image#/boot/vmlinuz-}
-    if grep -q '^CONFIG_VIRTIO_BLK=y' "/boot/config-$version" 2>/dev/null &&
-      grep -q '^CONFIG_VIRTIO_PCI=y' "/boot/config-$version"; then
-      vm_vmlinuz=$image vm_moddir=""
-      return 0
-    fi
-    if [ -n "$(find "/lib/modules/$version" -name virtio_blk.ko 2>/dev/null)" ]; then
-      vm_vmlinuz=$image vm_moddir=/lib/modules/$version
-      return 0
-    fi
-  done
-  local kept=$vm_cache/kernel-min
-  if ! ls "$kept"/boot/vmlinuz-* >/dev/null 2>&1; then
-    echo "vm: unpacking Debian's kernel package into $kept"
-    local package download
-    package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
-    [ -n "$package" ] || { apt-get update -qq &&
-      package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); }
-    download=$(mktemp -d)
-    (cd "$download" && apt-get download -qq "$package" 2>/dev/null) || vm_skip "apt-get download $package failed"
-    dpkg-deb -x "$download"/*.deb "$download/root"
-    rm -rf "$kept.tmp"
-    mkdir -p "$kept.tmp/boot" "$kept.tmp/modules"
-    cp "$download"/root/boot/vmlinuz-* "$download"/root/boot/config-* "$kept.tmp/boot/"
-    local module
-    for module in $vm_modules; do
-      find "$download/root/lib/modules" -name "$module.ko*" -exec cp {} "$kept.tmp/modules/" \;
-    done
-    rm -rf "$download" "$kept"
-    mv "$kept.tmp" "$kept"
+  if [ -n "${DRGW_VM_KERNEL:-}" ]; then
+    [ -f "$DRGW_VM_KERNEL" ] || fail "vm: DRGW_VM_KERNEL=$DRGW_VM_KERNEL is not a file"
+    vm_vmlinuz=$DRGW_VM_KERNEL
+    vm_kernel_version=${vm_vmlinuz##*/vmlinuz-}
+    vm_moddir=${DRGW_VM_MODULES:-/lib/modules/$vm_kernel_version}
+    vm_kernel_source="DRGW_VM_KERNEL"
+  else
+    vm_kernel_debian
   fi
-  vm_vmlinuz=$(ls "$kept"/boot/vmlinuz-* | head -n 1)
-  vm_moddir=$kept/modules
+  echo "vm: kernel $vm_kernel_version ($vm_vmlinuz) from $vm_kernel_source"
 }
 
-# vm_pvh: when the kernel can boot as PVH, unpacks its ELF vmlinux (once,
-# into $vm_cache) and points vm_vmlinuz at it: qemu then enters the kernel
-# directly, which under TCG saves decompressing it (xz) at every boot.
+# vm_kernel_debian: case 2 of vm_kernel.
+vm_kernel_debian() {
+  local package version
+  package=$(vm_kernel_package) || fail "vm: no kernel package: apt-cache knows no linux-image-amd64 dependency (apt-get update failed?)"
+  version=$(apt-cache policy "$package" | awk '/Candidate:/ {print $2}')
+  [ -n "$version" ] && [ "$version" != "(none)" ] || fail "vm: no candidate version of $package in the apt sources"
+  local kept=$vm_cache/${package}_$version
+  if ! ls "$kept"/boot/vmlinuz-* >/dev/null 2>&1; then
+    vm_kernel_unpack "$package" "$version" "$kept"
+  fi
+  vm_vmlinuz=$(ls "$kept"/boot/vmlinuz-* | head -n 1)
+  vm_kernel_version=${vm_vmlinuz##*/vmlinuz-}
+  vm_moddir=$kept/modules/$vm_kernel_version
+  vm_kernel_source="Debian package $package $version (cached in $kept)"
+}
+
+# vm_kernel_package: the linux-image-VERSION package linux-image-amd64
+# depends on, after an apt-get update when the lists do not know it.
+vm_kernel_package() {
+  local package
+  package=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  if [ -z "$package" ]; then
+    apt-get update -qq >&2 || return 1
+    package=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  fi
+  [ -n "$package" ] && echo "$package"
+}
+
+# vm_kernel_unpack PACKAGE VERSION KEPT: downloads PACKAGE=VERSION, makes
+# its modules.dep (depmod -b), keeps its kernel, config, modules.dep,
+# modules.builtin and the modules the guest may need (drivers/virtio,
+# drivers/block) under KEPT; removes other versions.
+vm_kernel_unpack() {
+  local package=$1 version=$2 kept=$3 download
+  echo "vm: downloading $package $version into $kept"
+  download=$(mktemp -d)
+  chmod 755 "$download" && chown _apt "$download" 2>/dev/null || true
+  (cd "$download" && apt-get download -qq "$package=$version") ||
+    { rm -rf "$download"; fail "vm: apt-get download $package=$version failed (no kernel for the guest)"; }
+  dpkg-deb -x "$download"/*.deb "$download/root" || { rm -rf "$download"; fail "vm: dpkg-deb -x of $package failed"; }
+  rm -rf "$kept.tmp"
+  mkdir -p "$kept.tmp/boot"
+  cp "$download"/root/boot/vmlinuz-* "$download"/root/boot/config-* "$kept.tmp/boot/"
+  local tree modules
+  for tree in "$download"/root/lib/modules/*/; do
+    # The package ships no modules.dep (its postinst runs depmod): make it.
+    depmod -b "$download/root" "$(basename "$tree")" ||
+      { rm -rf "$download"; fail "vm: depmod of $package failed"; }
+    modules=$kept.tmp/modules/$(basename "$tree")
+    mkdir -p "$modules"
+    cp "$tree"/modules.dep "$tree"/modules.builtin "$modules/"
+    (cd "$tree" && find kernel/drivers/virtio kernel/drivers/block -name '*.ko*' 2>/dev/null |
+      cpio -pdm --quiet "$modules")
+  done
+  rm -rf "$download"
+  find "$vm_cache" -mindepth 1 -maxdepth 1 -name 'linux-image-*' ! -name "$(basename "$kept").tmp" \
+    -exec rm -rf {} + 2>/dev/null || true
+  rm -rf "$vm_cache/kernel-min" "$vm_cache"/vmlinux-*
+  mv "$kept.tmp" "$kept"
+}
+
+# vm_module_order MODDIR MODULE...: prints "name path" for each MODULE and
+# every module it depends on (modules.dep of MODDIR), dependencies before
+# the modules that need them; a built-in module prints nothing. Fails
+# naming a module that is neither built in nor in modules.dep.
+vm_module_order() {
+  local moddir=$1
+  shift
+  [ -f "$moddir/modules.dep" ] || fail "vm: no modules.dep in $moddir"
+  python3 - "$moddir" "$@" <<'PYTHON'
+import os, sys
+
+moddir, wanted = sys.argv[1], sys.argv[2:]
+
+def name_of(path):
+    base = os.path.basename(path)
+    for suffix in (".xz", ".zst", ".gz"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base[: -len(".ko")].replace("-", "_")
+
+paths, depends = {}, {}
+with open(os.path.join(moddir, "modules.dep")) as dep:
+    for line in dep:
+        path, _, rest = line.partition(":")
+        name = name_of(path)
+        paths[name] = path
+        depends[name] = [name_of(each) for each in rest.split()]
+builtin = set()
+builtin_path = os.path.join(moddir, "modules.builtin")
+if os.path.exists(builtin_path):
+    builtin = {name_of(line.strip()) for line in open(builtin_path) if line.strip()}
+
+order, state = [], {}
+def visit(name, chain):
+    if state.get(name) == "done":
+        return
+    if state.get(name) == "visiting":
+        sys.exit("vm: module dependency cycle: " + " -> ".join(chain + [name]))
+    if name not in paths:
+        if name in builtin:
+            state[name] = "done"
+            return
+        sys.exit(f"vm: module {name} is neither built in nor in {moddir}/modules.dep")
+    state[name] = "visiting"
+    for dependency in depends[name]:
+        visit(dependency, chain + [name])
+    state[name] = "done"
+    order.append(name)
+
+for name in wanted:
+    visit(name.replace("-", "_"), [])
+for name in order:
+    print(name, os.path.join(moddir, paths[name]))
+PYTHON
+}
+
+# vm_pvh: when the kernel can boot as PVH, unpacks its ELF vmlinux and
+# points vm_vmlinuz at it: qemu then enters the kernel directly, which under
+# TCG saves decompressing it (xz) at every boot. A kernel from the cache
+# keeps its ELF beside it; a named kernel's ELF is made in $work.
 vm_pvh() {
-  local version=${vm_vmlinuz##*/vmlinuz-} config elf offset
-  config=$(dirname "$vm_vmlinuz")/config-$version
+  local config elf offset
+  config=$(dirname "$vm_vmlinuz")/config-$vm_kernel_version
   grep -q '^CONFIG_PVH=y' "$config" 2>/dev/null || return 0
-  elf=$vm_cache/vmlinux-$version
+  case $vm_vmlinuz in
+    "$vm_cache"/*) elf=$(dirname "$vm_vmlinuz")/vmlinux-$vm_kernel_version ;;
+    *) elf=$work/vmlinux-$vm_kernel_version ;;
+  esac
   if [ ! -s "$elf" ]; then
     offset=$(LC_ALL=C grep -abo $'\xfd7zXZ' "$vm_vmlinuz" | head -n 1 | cut -d: -f1)
     [ -n "$offset" ] || return 0
-    mkdir -p "$vm_cache"
     tail -c +$((offset + 1)) "$vm_vmlinuz" | xz -dc >"$elf.tmp" 2>/dev/null || true
     if [ "$(head -c 4 "$elf.tmp" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
       mv "$elf.tmp" "$elf"
@@ -102,27 +208,32 @@ vm_pvh() {
   vm_vmlinuz=$elf
 }
 
-# vm_initramfs OUT: busybox + hwtests/vm/init + the virtio modules.
+# vm_initramfs OUT: busybox + hwtests/vm/init + the modules the guest needs,
+# decompressed, with /lib/modules/load-order naming them in the order
+# modules.dep requires (the init loads them in that order).
 vm_initramfs() {
-  local out=$1 root
+  local out=$1 root order
+  order=$(vm_module_order "$vm_moddir" $vm_modules_wanted) ||
+    fail "vm: cannot resolve the modules of kernel $vm_kernel_version (above)"
   root=$(mktemp -d)
   mkdir -p "$root"/{bin,dev,proc,sys,tmp,lib/modules}
   cp /bin/busybox "$root/bin/busybox"
   cp "$vm_dir/init" "$root/init"
   chmod 755 "$root/init"
-  if [ -n "$vm_moddir" ]; then
-    local module path
-    for module in $vm_modules; do
-      path=$(find "$vm_moddir" -name "$module.ko*" | head -n 1)
-      [ -n "$path" ] || continue
-      case $path in
-        *.xz) xz -dc "$path" >"$root/lib/modules/$module.ko" ;;
-        *.zst) zstd -qdc "$path" >"$root/lib/modules/$module.ko" ;;
-        *.gz) gzip -dc "$path" >"$root/lib/modules/$module.ko" ;;
-        *) cp "$path" "$root/lib/modules/$module.ko" ;;
-      esac
-    done
-  fi
+  local module path
+  while read -r module path; do
+    [ -n "$module" ] || continue
+    [ -f "$path" ] || { rm -rf "$root"; fail "vm: module $module of kernel $vm_kernel_version is missing: $path"; }
+    case $path in
+      *.xz) xz -dc "$path" >"$root/lib/modules/$module.ko" ;;
+      *.zst) zstd -qdc "$path" >"$root/lib/modules/$module.ko" ;;
+      *.gz) gzip -dc "$path" >"$root/lib/modules/$module.ko" ;;
+      *) cp "$path" "$root/lib/modules/$module.ko" ;;
+    esac
+    echo "$module" >>"$root/lib/modules/load-order"
+  done <<<"$order"
+  touch "$root/lib/modules/load-order"
+  vm_modules_loaded=$(tr '\n' ' ' <"$root/lib/modules/load-order")
   (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out"
   rm -rf "$root"
 }
@@ -134,7 +245,7 @@ vm_prepare() {
   vm_pvh
   vm_initrd=$work/initramfs.gz
   vm_initramfs "$vm_initrd"
-  echo "vm: kernel $vm_vmlinuz, modules from ${vm_moddir:-built in}"
+  echo "vm: guest loads, in order: ${vm_modules_loaded:-nothing (all built in)}"
 }
 
 # vm_wait_console FILE SECONDS PID: waits for DRGW-DONE (or DRGW-FAILED) in
@@ -143,7 +254,10 @@ vm_wait_console() {
   local console=$1 limit=$2 pid=$3
   local deadline=$((SECONDS + limit))
   while ! grep -q '^DRGW-DONE' "$console" 2>/dev/null; do
-    grep -q '^DRGW-FAILED' "$console" 2>/dev/null && fail "guest: $(grep '^DRGW-FAILED' "$console")"
+    if grep -q '^DRGW-FAILED' "$console" 2>/dev/null; then
+      grep -a '^DRGW-' "$console" | tr -d '\r' >&2
+      fail "guest: $(grep -a '^DRGW-FAILED' "$console" | tr -d '\r')"
+    fi
     kill -0 "$pid" 2>/dev/null || { tail -n 30 "$console" >&2; fail "qemu exited before the guest was done"; }
     ((SECONDS < deadline)) || { tail -n 30 "$console" >&2; fail "guest not done within ${limit}s"; }
     sleep 0.2
