@@ -77,6 +77,10 @@ for ((iteration = 1; iteration <= iterations; iteration++)); do
     >"$work/workload.out" 2>"$work/workload.err" &
   echo $! >"$work/workload.pid"
   [ "$iteration" = 1 ] && on_exit "signal_pidfile $work/workload.pid KILL workload.py"
+  # The kill is timed from the workload's first write: a kill before it
+  # connected (Python starting slowly on a loaded machine) would test nothing
+  # and leave the workload retrying a dead port.
+  wait_until 30 "the workload writes (iteration $iteration)" test -s "$log"
   alive=$(random_sleep 200 1500)
   kill -0 "$(cat "$work/workload.pid")" 2>/dev/null ||
     fail "the workload ended before the kill (iteration $iteration): $(cat "$work/workload.out" "$work/workload.err")"

@@ -22,6 +22,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub cache_volume: PathBuf,
     pub retention_volume: PathBuf,
+    /// `[volumes] require_mounted`: a volume not mounted is a problem.
+    pub volumes_require_mounted: bool,
     /// zstd level of shipped batches; `None` = adaptive.
     pub zstd_level: Option<i32>,
 }
@@ -36,6 +38,7 @@ impl Settings {
             drain_timeout: millis(u64::from(config.shutdown.drain_timeout_ms)),
             cache_volume: config.volumes.cache.clone(),
             retention_volume: config.volumes.retention.clone(),
+            volumes_require_mounted: config.volumes.require_mounted,
             zstd_level: config.zstd_level(),
         }
     }

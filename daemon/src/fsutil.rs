@@ -38,6 +38,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Why `path` is not a file system of its own mounted there (the volume
+/// `role`'s disk is missing or did not mount), or `None` when it is: it
+/// exists and sits on another device than its parent directory.
+pub fn mount_point_problem(path: &Path, role: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let missing = || {
+        Some(format!(
+            "no file system is mounted at {}: the {role} disk is missing or did not mount",
+            path.display()
+        ))
+    };
+    let Ok(own) = fs::metadata(path) else {
+        return missing();
+    };
+    let parent = path.parent().unwrap_or(path);
+    match fs::metadata(parent) {
+        Ok(above) if above.dev() != own.dev() => None,
+        _ => missing(),
+    }
+}
+
 /// Creates `path` and its parents if missing, and sets the leaf's mode.
 pub fn create_private_dir(path: &Path, mode: u32) -> io::Result<()> {
     fs::create_dir_all(path)?;

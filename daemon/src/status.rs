@@ -124,7 +124,13 @@ pub fn collect(appliance: &Appliance) -> Status {
     ]
     .into_iter()
     .map(|(role, path)| match &disks {
-        Ok(disks) => volume_status(disks, role, path),
+        Ok(disks) => {
+            let mut status = volume_status(disks, role, path);
+            if settings.volumes_require_mounted {
+                require_mounted(&mut status, role);
+            }
+            status
+        }
         Err(error) => {
             VolumeStatus::unknown(role, path, format!("cannot read the mount table: {error}"))
         }
@@ -177,6 +183,18 @@ fn protected_disks(appliance: &Appliance) -> Vec<ProtectedDiskStatus> {
         .collect()
 }
 
+/// With `[volumes] require_mounted`, a volume whose path is not itself a
+/// mount point is missing: its figures would be those of the disk above it.
+fn require_mounted(status: &mut VolumeStatus, role: &str) {
+    if let Some(problem) = crate::fsutil::mount_point_problem(&status.path, role) {
+        status.problem = Some(problem);
+        status.mount_point = None;
+        status.file_system = None;
+        status.total_bytes = None;
+        status.available_bytes = None;
+    }
+}
+
 /// The file system holding `path` is the mounted disk with the longest
 /// mount point that is a prefix of it (or of its nearest existing parent).
 fn volume_status(disks: &sysinfo::Disks, role: &str, path: &Path) -> VolumeStatus {
@@ -215,6 +233,27 @@ fn volume_status(disks: &sysinfo::Disks, role: &str, path: &Path) -> VolumeStatu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_volume_that_must_be_mounted_and_is_not_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("retention");
+        std::fs::create_dir(&path).unwrap();
+        let disks = sysinfo::Disks::new_with_refreshed_list().unwrap();
+        let mut status = volume_status(&disks, "retention", &path);
+        require_mounted(&mut status, "retention");
+        let problem = status.problem.unwrap();
+        assert!(
+            problem.contains("the retention disk is missing"),
+            "{problem}"
+        );
+        assert_eq!(status.available_bytes, None);
+        // A mount point (/proc is one) passes.
+        assert_eq!(
+            crate::fsutil::mount_point_problem(Path::new("/proc"), "cache"),
+            None
+        );
+    }
 
     #[test]
     fn root_volume_is_found() {

@@ -194,6 +194,11 @@ pub struct VolumesConfig {
     /// Absolute; the retention volume. Reloadable.
     #[serde(deserialize_with = "validate::absolute_path")]
     pub retention: PathBuf,
+    /// Each volume must be a file system of its own mounted at its path
+    /// (the appliance image: a disk of its own). When it is not, drgw
+    /// status says so and no staging or journal is created there, rather
+    /// than on the disk that holds the path. Needs restart.
+    pub require_mounted: bool,
 }
 
 /// `[log]`.
@@ -278,6 +283,7 @@ impl Default for VolumesConfig {
         Self {
             cache: PathBuf::from("/var/lib/drgw/cache"),
             retention: PathBuf::from("/mnt/retention"),
+            require_mounted: false,
         }
     }
 }

@@ -69,6 +69,9 @@ pub(super) const RESTART_FIELDS: &[(&str, Changed)] = &[
     ("staging.encrypt", |old, new| {
         old.staging.encrypt != new.staging.encrypt
     }),
+    ("volumes.require_mounted", |old, new| {
+        old.volumes.require_mounted != new.volumes.require_mounted
+    }),
 ];
 
 pub(super) fn changes_needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {

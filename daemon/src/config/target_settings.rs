@@ -33,6 +33,7 @@ impl Config {
             segment_bytes: retention.segment_bytes,
             rpo_threshold: Duration::from_secs(u64::from(retention.rpo_threshold_s)),
             encryption_key: if retention.encrypt { key } else { None },
+            require_mounted: self.volumes.require_mounted,
         }
     }
 }

@@ -756,6 +756,7 @@ fn changes_needing_restart_lists_exactly_the_restart_fields() {
         ("staging", "encrypt", "true", true),
         ("volumes", "cache", "\"/cache\"", false),
         ("volumes", "retention", "\"/retention\"", false),
+        ("volumes", "require_mounted", "true", true),
         ("bandwidth", "default_mbit", "5", false),
         ("bandwidth", "timezone", "\"UTC\"", false),
         ("bandwidth.window", "days", "[\"sat\"]", false),

@@ -108,6 +108,9 @@ pub struct StagingPlan {
     pub capacity_bytes: u64,
     pub segment_bytes: u64,
     pub encryption_key: Option<[u8; 32]>,
+    /// The cache volume must be a mount point of its own (`[volumes]
+    /// require_mounted`): no staging is made elsewhere.
+    pub require_mounted: bool,
 }
 
 /// A consistency group's staging, for `drgw status`.
@@ -261,6 +264,15 @@ impl Ingest {
                 group: name.clone(),
                 problem: problem.clone(),
             });
+        }
+        if self.plan.require_mounted {
+            let volume = &self.plan.cache_directory;
+            if let Some(problem) = crate::fsutil::mount_point_problem(volume, "cache") {
+                return Err(IngestError::Unusable {
+                    group: group.to_string(),
+                    problem,
+                });
+            }
         }
         let directory = self
             .plan

@@ -97,6 +97,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         capacity_bytes: config.staging.capacity_bytes,
         segment_bytes: config.staging.segment_bytes,
         encryption_key: key.filter(|_| config.staging.encrypt),
+        require_mounted: config.volumes.require_mounted,
     };
     let journal_key = key;
     let ingest = Arc::new(Ingest::new(plan, catalog.disks()?));

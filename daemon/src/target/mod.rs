@@ -81,6 +81,9 @@ pub struct TargetPolicy {
     pub segment_bytes: u64,
     pub rpo_threshold: Duration,
     pub encryption_key: Option<[u8; 32]>,
+    /// The retention volume must be a mount point of its own
+    /// (`[volumes] require_mounted`): no new group is made elsewhere.
+    pub require_mounted: bool,
 }
 
 impl TargetPolicy {
@@ -114,6 +117,9 @@ pub enum TargetError {
     /// The group takes no new batches (failed over or committed).
     #[error("{0}")]
     Held(String),
+    /// The retention volume is not mounted (`[volumes] require_mounted`).
+    #[error("{0}")]
+    VolumeMissing(String),
 }
 
 impl TargetError {
@@ -418,6 +424,15 @@ impl TargetRegistry {
         let peer = peer.to_string();
         let runtime = tokio::runtime::Handle::current();
         let directory = format!("{peer}.{}", info.group);
+        if self.policy.require_mounted {
+            let volume = self.root.parent().unwrap_or(&self.root);
+            if let Some(problem) = crate::fsutil::mount_point_problem(volume, "retention") {
+                let error = TargetError::VolumeMissing(problem);
+                let mut problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+                problems.insert(directory, error.to_string());
+                return Err(error);
+            }
+        }
         let opened = tokio::task::spawn_blocking(move || {
             let _guard = runtime.enter();
             registry.open(&peer, info.group, Some(&info))
