@@ -97,6 +97,8 @@ appliance_ga b --input "$work/nbd.nft" -- sh -c 'cat >/etc/drgw/firewall.d/nbd.n
 
 head -c "$size" /dev/urandom >"$work/data-1"
 nbdcopy "$work/data-1" "$uri" || fail "nbdcopy into the tap"
+# The appliance runs under TCG: let the tap forward everything first.
+wait_until 600 "the tap forwards its writes to a" tap_settled tap
 appliance_ga a -- drgw bookmark group-1 --name first >/dev/null || fail "bookmark first"
 wait_until 240 "b applies the bookmark first" bookmarked first
 want=$(sha256sum <"$work/data-1" | cut -d' ' -f1)
@@ -123,6 +125,7 @@ appliance_wait_ready b 600
 appliance_ga b -- passwd -S root | grep -q '^root P' || fail "b's root password did not survive the reboot"
 [ "$(appliance_ga b -- cat /etc/drgw/kept-across-reboot)" = kept ] || fail "a file in /etc did not survive"
 wait_until 120 "the link a -> b after b's reboot" linked a b
+wait_until 600 "the tap forwards its writes to a" tap_settled tap
 appliance_ga a -- drgw bookmark group-1 --name second >/dev/null || fail "bookmark second"
 wait_until 240 "b applies the bookmark second" bookmarked second
 want=$(sha256sum <"$tap/primary.img" | cut -d' ' -f1)

@@ -32,15 +32,18 @@ image_packages() {
 # image_ensure: sets image_out (the directory of the built image) and
 # image_name (drgw-appliance-VERSION). Builds with scripts/image, putting in
 # $DRGW_BIN, once for what goes into the image (image/, scripts/image,
-# systemd/, docs/, the binary, the commit); later tests reuse it.
+# systemd/, docs/, the binary); later tests reuse it. One build at a time
+# (a lock beside the cache).
 image_ensure() {
   image_packages
   local repo key
   repo=$(cd "$image_here/../.." && pwd)
-  key=$( (cd "$repo" && git rev-parse HEAD 2>/dev/null
-    find image scripts/image systemd docs -type f ! -path 'image/out/*' | sort | xargs sha256sum
+  key=$( (cd "$repo" && find image scripts/image systemd docs -type f ! -path 'image/out/*' | sort | xargs sha256sum
     sha256sum "$DRGW_BIN") | sha256sum | cut -c1-16)
   image_out=$image_dir_root/$key
+  mkdir -p "$(dirname "$image_dir_root")"
+  exec {image_lock}>"$image_dir_root.lock"
+  flock "$image_lock"
   if ! ls "$image_out"/drgw-appliance-*.raw >/dev/null 2>&1; then
     rm -rf "$image_dir_root"
     mkdir -p "$image_out"
@@ -49,6 +52,7 @@ image_ensure() {
       { tail -n 40 "$image_dir_root/build.log" >&2; fail "scripts/image failed"; }
     grep '^image:\|^  drgw' "$image_dir_root/build.log"
   fi
+  flock -u "$image_lock"
   image_name=$(basename "$(ls "$image_out"/drgw-appliance-*.raw)" .raw)
 }
 
@@ -74,12 +78,14 @@ appliance_create() {
 # disks carry the serials drgw-cache and drgw-retention.
 appliance_boot() {
   local name=$1 root=$work/$1 disks=() role serial
-  disks+=(-drive "file=$root/system.qcow2,if=virtio,format=qcow2")
+  disks+=(-drive "file=$root/system.qcow2,if=none,id=system,format=qcow2"
+    -device virtio-blk-pci,drive=system)
   for role in cache retention; do
     [ -f "$root/$role.qcow2" ] || continue
     serial=""
     [ -f "$root/serials" ] && serial=",serial=drgw-$role"
-    disks+=(-drive "file=$root/$role.qcow2,if=virtio,format=qcow2$serial")
+    disks+=(-drive "file=$root/$role.qcow2,if=none,id=$role,format=qcow2"
+      -device "virtio-blk-pci,drive=$role$serial")
   done
   : >"$root/console.log"
   rm -f "$root/ga.sock"
