@@ -117,7 +117,11 @@ echo "$SECONDS" >"$work/b/booted-at"
 sleep 5
 head -c $((8 << 20)) /dev/urandom >"$work/data-2"
 nbdcopy "$work/data-2" "$uri" || fail "nbdcopy while b reboots"
-wait_until 600 "b's new boot" test "$(python3 "$image_here/ga.py" "$work/b/ga.sock" exec --timeout 10 -- cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo "$boot_id")" != "$boot_id"
+rebooted() {
+  [ "$(python3 "$image_here/ga.py" "$work/b/ga.sock" exec --timeout 10 -- cat /proc/sys/kernel/random/boot_id 2>/dev/null ||
+    echo "$boot_id")" != "$boot_id" ]
+}
+wait_until 600 "b's new boot" rebooted
 appliance_wait_ready b 600
 [ "$(appliance_fingerprint b)" = "$fb" ] || fail "b's fingerprint changed across the reboot"
 [ "$(appliance_ga b -- cat /etc/machine-id)" = "$mb" ] || fail "b's machine id changed"

@@ -121,8 +121,10 @@ appliance_wait_ready() {
     sleep 1
   done
   python3 "$image_here/ga.py" "$root/ga.sock" ping 60 || fail "$name: the guest agent does not answer"
-  [ "$(appliance_ga "$name" -- systemctl is-active drgw.service)" = active ] ||
-    { appliance_diagnose "$name"; fail "$name: drgw.service is not active"; }
+  until [ "$(appliance_ga "$name" --timeout 20 -- systemctl is-active drgw.service 2>/dev/null)" = active ]; do
+    ((SECONDS < deadline)) || { appliance_diagnose "$name"; fail "$name: drgw.service is not active within ${limit}s"; }
+    sleep 2
+  done
   echo "$name: ready $((SECONDS - $(cat "$root/booted-at")))s after power-on"
 }
 
