@@ -81,8 +81,8 @@ appliance_ga raw -- findmnt -no FSTYPE /etc | grep -qx overlay || fail "/etc is 
 appliance_ga raw -- findmnt -no SOURCE /data | grep -q drgw-data || fail "/data is not the data partition"
 appliance_ga raw -- sh -c 'ls /etc/ssh/ssh_host_*key* 2>/dev/null' && fail "the appliance has SSH host keys it did not make"
 appliance_ga raw -- passwd -S root | grep -q '^root L' || fail "root is not locked"
-grep -aq '^Root login is disabled until a root password is set' "$work/raw/console.log" ||
-  fail "the console does not offer to set the root password"
+wait_until 120 "the console offers to set the root password" \
+  grep -aq '^Root login is disabled until a root password is set' "$work/raw/console.log"
 # (is-enabled exits 1 when disabled)
 [ "$(appliance_ga raw -- systemctl is-enabled ssh.service || true)" = disabled ] || fail "SSH is enabled"
 appliance_ga raw -- nft list set inet drgw nbd_interfaces >/dev/null || fail "the firewall is not loaded"
@@ -96,9 +96,12 @@ qemu-img create -q -f qcow2 "$work/ova/retention.qcow2" 512M
 touch "$work/ova/serials"
 appliance_boot ova
 appliance_wait_ready ova 420
-grep -aq '! cache volume missing' "$work/ova/console.log" || fail "the console does not report the missing cache disk"
-grep -aq '! retention volume missing: .* needs at least' "$work/ova/console.log" ||
-  fail "the console does not report the too small retention disk"
+# The banner prints the fingerprint first, the volumes after asking drgw
+# (slow under TCG): give the rest of it time to arrive.
+wait_until 120 "the console reports the missing cache disk" \
+  grep -aq '! cache volume missing' "$work/ova/console.log"
+wait_until 120 "the console reports the too small retention disk" \
+  grep -aq '! retention volume missing: .* needs at least' "$work/ova/console.log"
 problems=$(appliance_ga ova -- drgw status --json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
