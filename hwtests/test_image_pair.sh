@@ -89,6 +89,20 @@ exported_sha() {
   nbdcopy "nbd://127.0.0.1:$(cat "$work/b/port-10809")/$name" - | sha256sum | cut -d' ' -f1
 }
 
+# verify_bookmark NAME FILE: once the tap has forwarded everything (the
+# appliances run under TCG), bookmark NAME at a, wait for b to apply it, and
+# check that b's export of it reads what FILE holds; prints the sha256.
+verify_bookmark() {
+  local want got
+  wait_until 600 "the tap forwards its writes to a" tap_settled tap
+  appliance_ga a -- drgw bookmark group-1 --name "$1" >/dev/null || fail "bookmark $1"
+  wait_until 240 "b applies the bookmark $1" bookmarked "$1"
+  want=$(sha256sum <"$2" | cut -d' ' -f1)
+  got=$(exported_sha "bookmark:$1")
+  [ "$got" = "$want" ] || fail "b's export of bookmark $1 reads $got, $2 holds $want"
+  echo "$want"
+}
+
 # b's firewall lets NBD in on its interface only once told to.
 interface=$(appliance_ga b -- ip -brief -family inet address show scope global | awk '{ print $1; exit }')
 echo "add element inet drgw nbd_interfaces { \"$interface\" }" >"$work/nbd.nft"
@@ -97,13 +111,7 @@ appliance_ga b --input "$work/nbd.nft" -- sh -c 'cat >/etc/drgw/firewall.d/nbd.n
 
 head -c "$size" /dev/urandom >"$work/data-1"
 nbdcopy "$work/data-1" "$uri" || fail "nbdcopy into the tap"
-# The appliance runs under TCG: let the tap forward everything first.
-wait_until 600 "the tap forwards its writes to a" tap_settled tap
-appliance_ga a -- drgw bookmark group-1 --name first >/dev/null || fail "bookmark first"
-wait_until 240 "b applies the bookmark first" bookmarked first
-want=$(sha256sum <"$work/data-1" | cut -d' ' -f1)
-got=$(exported_sha bookmark:first)
-[ "$got" = "$want" ] || fail "b's export of bookmark first reads $got, the tap wrote $want"
+want=$(verify_bookmark first "$work/data-1")
 echo "64 MiB through a to b: bookmark first exported by b reads back the same ($want)"
 
 # --- b reboots; its state stays, replication resumes where it stopped
@@ -129,12 +137,7 @@ appliance_wait_ready b 600
 appliance_ga b -- passwd -S root | grep -q '^root P' || fail "b's root password did not survive the reboot"
 [ "$(appliance_ga b -- cat /etc/drgw/kept-across-reboot)" = kept ] || fail "a file in /etc did not survive"
 wait_until 120 "the link a -> b after b's reboot" linked a b
-wait_until 600 "the tap forwards its writes to a" tap_settled tap
-appliance_ga a -- drgw bookmark group-1 --name second >/dev/null || fail "bookmark second"
-wait_until 240 "b applies the bookmark second" bookmarked second
-want=$(sha256sum <"$tap/primary.img" | cut -d' ' -f1)
-got=$(exported_sha bookmark:second)
-[ "$got" = "$want" ] || fail "b's export of bookmark second reads $got, the primary is $want"
+want=$(verify_bookmark second "$tap/primary.img")
 sent_after=$(status_of a "next(x['raw_bytes_sent'] for x in s['shipping'] if x['group'] == 'group-1')")
 resyncs=$(status_of a "len(s['resyncs'])")
 sent=$((sent_after - sent_before))
