@@ -7,8 +7,10 @@
 #     verifies; its OVF parses (xmllint) with the elements users' tools
 #     read; SHA256SUMS verifies; the package manifest lists the kernel,
 #     systemd and drgw's services' packages;
-#   - the raw image boots with its cache and retention disks: both are
-#     found, laid out and mounted, and drgw status shows them; the data
+#   - the raw image boots with its cache and retention disks and OVF
+#     properties on an ISO (hostname, static address, gateway, DNS, NTP),
+#     applied at first boot; both disks are found, laid out and mounted,
+#     and drgw status shows them; the data
 #     partition and the /etc overlay are mounted, / is read-only, no SSH
 #     host keys and no root password exist;
 #   - the VMDK taken out of the OVA boots with no cache disk and a
@@ -62,11 +64,18 @@ done
   fail "the OVF does not declare UEFI for VMware"
 [ "$(xpath 'string(//*[local-name()="Machine"]/*[local-name()="Hardware"]/*[local-name()="Firmware"]/@type)')" = EFI ] ||
   fail "the OVF does not declare UEFI for VirtualBox"
-echo "OVA: members in order, manifest verifies, OVF parses with CPU, memory, SCSI, three disks, NIC, UEFI"
+for key in hostname address gateway dns ntp; do
+  [ "$(xpath "count(//*[local-name()='ProductSection']/*[local-name()='Property'][@*[local-name()='key']='$key'])")" = 1 ] ||
+    fail "the OVF declares no property $key"
+done
+echo "OVA: members in order, manifest verifies, OVF parses with CPU, memory, SCSI, three disks, NIC, UEFI, properties"
 
 # --- the raw image boots, finds and mounts its volumes
 cd "$work"
 appliance_create raw "$image_out/$name.raw" 4 8
+# OVF properties by the ISO transport: the name and a static address (the
+# one qemu's user network expects, so the forwarded ports still reach it).
+appliance_ovf_env raw hostname=drgw-site-a address=10.0.2.15/24 gateway=10.0.2.2 dns=10.0.2.3 ntp=10.0.2.2
 appliance_boot raw
 appliance_wait_ready raw 420
 fingerprint=$(appliance_fingerprint raw)
@@ -87,6 +96,16 @@ wait_until 120 "the console offers to set the root password" \
 [ "$(appliance_ga raw -- systemctl is-enabled ssh.service || true)" = disabled ] || fail "SSH is enabled"
 appliance_ga raw -- nft list set inet drgw nbd_interfaces >/dev/null || fail "the firewall is not loaded"
 echo "raw image: volumes mounted, / read-only, /etc overlay, no SSH keys, root locked, firewall up"
+[ "$(appliance_ga raw -- hostname)" = drgw-site-a ] || fail "the OVF hostname was not set: $(appliance_ga raw -- hostname)"
+grep -aq 'drgw-site-a' "$work/raw/console.log" || fail "the console banner does not show the OVF hostname"
+appliance_ga raw -- networkctl status --no-pager | grep -q '70-drgw-static.network' ||
+  fail "networkd does not use the static settings: $(appliance_ga raw -- networkctl status --no-pager)"
+addresses=$(appliance_ga raw -- ip -4 -o addr show scope global)
+grep -q ' 10\.0\.2\.15/24 ' <<<"$addresses" || fail "no static address 10.0.2.15/24: $addresses"
+grep -q dynamic <<<"$addresses" && fail "the address came from DHCP, not the OVF properties: $addresses"
+appliance_ga raw -- ip route show default | grep -q 'via 10\.0\.2\.2' || fail "no default route via the OVF gateway"
+appliance_ga raw -- cat /etc/systemd/timesyncd.conf.d/drgw.conf | grep -qx 'NTP=10.0.2.2' || fail "the OVF NTP server was not set"
+echo "OVF properties (ISO transport): hostname, static address, gateway, DNS, NTP applied"
 appliance_shutdown raw
 
 # --- the VMDK out of the OVA boots; missing and too small volumes reported

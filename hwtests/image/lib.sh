@@ -16,12 +16,13 @@ image_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ovmf_code=/usr/share/OVMF/OVMF_CODE_4M.fd
 ovmf_vars=/usr/share/OVMF/OVMF_VARS_4M.fd
 
-# image_packages: qemu (vm_packages), OVMF and xmllint.
+# image_packages: qemu (vm_packages), OVMF, xmllint and genisoimage.
 image_packages() {
   vm_packages
   local missing=()
   [ -f "$ovmf_code" ] || missing+=(ovmf)
   command -v xmllint >/dev/null || missing+=(libxml2-utils)
+  command -v genisoimage >/dev/null || missing+=(genisoimage)
   ((${#missing[@]})) || return 0
   echo "image: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -73,9 +74,33 @@ appliance_create() {
   free_port >"$root/port-10809"
 }
 
+# appliance_ovf_env NAME KEY=VALUE...: gives the appliance OVF properties
+# the way vSphere's ISO transport does: a CD-ROM holding ovf-env.xml (an
+# OVF environment document, DMTF DSP0243), attached at its next boot.
+appliance_ovf_env() {
+  local name=$1 root=$work/$1 pair
+  shift
+  mkdir -p "$root/ovf-env"
+  {
+    echo '<?xml version="1.0" encoding="UTF-8"?>'
+    echo '<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1"'
+    echo '    xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="">'
+    echo '  <PropertySection>'
+    for pair in "$@"; do
+      echo "    <Property oe:key=\"${pair%%=*}\" oe:value=\"${pair#*=}\"/>"
+    done
+    echo '  </PropertySection>'
+    echo '</Environment>'
+  } >"$root/ovf-env/ovf-env.xml"
+  xmllint --noout "$root/ovf-env/ovf-env.xml" || fail "appliance_ovf_env: bad XML"
+  genisoimage -quiet -r -J -V OVF-ENV -o "$root/ovf-env.iso" "$root/ovf-env" ||
+    fail "appliance_ovf_env: genisoimage failed"
+}
+
 # appliance_boot NAME: powers it on (in the background); the console log
 # starts afresh. With a file $work/NAME/serials, the cache and retention
-# disks carry the serials drgw-cache and drgw-retention.
+# disks carry the serials drgw-cache and drgw-retention; with
+# $work/NAME/ovf-env.iso (appliance_ovf_env), a CD-ROM drive holds it.
 appliance_boot() {
   local name=$1 root=$work/$1 disks=() role serial
   disks+=(-drive "file=$root/system.qcow2,if=none,id=system,format=qcow2"
@@ -87,6 +112,10 @@ appliance_boot() {
     disks+=(-drive "file=$root/$role.qcow2,if=none,id=$role,format=qcow2"
       -device "virtio-blk-pci,drive=$role$serial")
   done
+  if [ -f "$root/ovf-env.iso" ]; then
+    disks+=(-drive "file=$root/ovf-env.iso,if=none,id=ovfenv,media=cdrom,readonly=on,format=raw"
+      -device ide-cd,drive=ovfenv,bus=ide.0)
+  fi
   : >"$root/console.log"
   rm -f "$root/ga.sock"
   qemu-system-x86_64 -accel tcg -machine q35 -m 1024 -smp 1 -display none -monitor none \

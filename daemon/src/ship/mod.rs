@@ -195,6 +195,7 @@ impl SourceSide {
                     let group_id = *id;
                     tokio::spawn(async move {
                         let name = shipper.group.clone();
+                        let peer = shipper.peer.clone();
                         let cancel = shipper.cancel.clone();
                         let result = shipper.run().await;
                         if let Err(error) = result {
@@ -204,8 +205,11 @@ impl SourceSide {
                                 _ => Duration::from_secs(1),
                             };
                             tracing::warn!(group = %name, %error, retry_in_s = wait.as_secs(), "shipping of the group stopped");
+                            // Named even when it never shipped (refused at GROUP).
                             board.update(group_id, |status| {
-                                status.problem = Some(error.to_string())
+                                status.group = name.clone();
+                                status.peer = peer;
+                                status.problem = Some(error.to_string());
                             });
                             retry_at
                                 .lock()
