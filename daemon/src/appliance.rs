@@ -1,11 +1,11 @@
 //! The state one running appliance shares between its tasks: who it is,
 //! whom it trusts, its links, and the settings a SIGHUP can change.
 
-use crate::catalog::Catalog;
-use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::link::{LinkRegistry, RefusalLog};
-use crate::tls::{Identity, PinStore};
+use drgw_catalog::Catalog;
+use drgw_config::Config;
+use drgw_tls::{Identity, PinStore};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,9 +55,9 @@ pub struct Appliance {
     /// The I/O receiver: stages what taps forward.
     pub ingest: Arc<Ingest>,
     /// Groups replicated to this appliance (target side).
-    pub targets: Arc<crate::target::TargetRegistry>,
+    pub targets: Arc<crate::replica::TargetRegistry>,
     /// Recovery exports, test failover and failover (target side).
-    pub recovery: Arc<crate::target::Recovery>,
+    pub recovery: Arc<crate::replica::Recovery>,
     /// Shipping figures of the groups this appliance replicates (source side).
     pub ship_board: Arc<crate::ship::ShipBoard>,
     /// Bandwidth limit of shipping, on its schedule.
@@ -84,13 +84,13 @@ impl Appliance {
     }
 
     /// Re-reads the protected disks from the catalog into the ingest view.
-    pub fn refresh_disks(&self) -> Result<(), crate::catalog::CatalogError> {
+    pub fn refresh_disks(&self) -> Result<(), drgw_catalog::CatalogError> {
         self.ingest.replace_disks(self.catalog.disks()?);
         Ok(())
     }
 
     /// Re-reads the pinned peers from the catalog into the handshake view.
-    pub fn refresh_pins(&self) -> Result<(), crate::catalog::CatalogError> {
+    pub fn refresh_pins(&self) -> Result<(), drgw_catalog::CatalogError> {
         self.pins.replace_all(self.catalog.peers()?);
         self.pins_version.send_modify(|version| *version += 1);
         Ok(())

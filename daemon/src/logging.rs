@@ -2,7 +2,7 @@
 //! output (JOURNAL_STREAM), to stderr otherwise. The level comes from the
 //! config and follows SIGHUP; DRGW_LOG (an EnvFilter directive) overrides it.
 
-use crate::config::LogLevel;
+use drgw_config::LogLevel;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};

@@ -15,9 +15,9 @@
 //! schedule, resume after a cut, points and RPO at A.
 
 use crate::appliance::Appliance;
-use crate::catalog::{ProtectedDisk, ReversedGroup};
-use crate::target::{Capture, PointDisk};
-use crate::wire::{Reprotect, ReprotectDisk, Reprotected, REPROTECT_RANGES_MAX};
+use crate::replica::{Capture, PointDisk};
+use drgw_catalog::{ProtectedDisk, ReversedGroup};
+use drgw_wire::{Reprotect, ReprotectDisk, Reprotected, REPROTECT_RANGES_MAX};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -115,7 +115,7 @@ pub async fn reprotect(
     replicas: Vec<(String, PathBuf)>,
     discard_local: bool,
 ) -> Result<ReprotectOutcome, String> {
-    let text = |e: crate::catalog::CatalogError| e.to_string();
+    let text = |e: drgw_catalog::CatalogError| e.to_string();
     let disks: Vec<ProtectedDisk> = appliance
         .catalog
         .disks()
@@ -134,7 +134,7 @@ pub async fn reprotect(
             return Err(format!(
                 "group {group} is already reprotected: it replicates from {} since {}",
                 reversed.peer,
-                crate::target::format_utc(reversed.since_unix_ms)
+                crate::replica::format_utc(reversed.since_unix_ms)
             ));
         }
         return Err(format!("no group {group} is protected on this appliance"));
@@ -219,7 +219,7 @@ pub async fn reprotect(
         disks: disks.clone(),
         replicas: placement.clone(),
         peer_group: answer.group,
-        since_unix_ms: crate::clock::unix_millis(),
+        since_unix_ms: drgw_io::clock::unix_millis(),
         discarded_bytes: unshipped.bytes,
     };
     appliance.catalog.reverse_group(&record).map_err(text)?;
@@ -266,7 +266,7 @@ fn check_replica(path: &Path, size_bytes: u64) -> Result<(), String> {
     let length = if metadata.file_type().is_file() {
         metadata.len()
     } else {
-        crate::fsutil::block_device_size(&file).map_err(|e| {
+        drgw_io::fsutil::block_device_size(&file).map_err(|e| {
             format!(
                 "{}: neither a file nor a block device ({e})",
                 path.display()
@@ -314,10 +314,10 @@ async fn unshipped(
         from = last.sequence + 1;
         for record in records {
             let (disk, offset, length) = match &record.body {
-                crate::staging::RecordBody::Write { disk, offset, data } => {
+                drgw_staging::RecordBody::Write { disk, offset, data } => {
                     (*disk, *offset, data.len() as u64)
                 }
-                crate::staging::RecordBody::Trim {
+                drgw_staging::RecordBody::Trim {
                     disk,
                     offset,
                     length,
@@ -403,7 +403,7 @@ pub async fn accept(appliance: &Arc<Appliance>, peer: &str, request: Reprotect) 
                 request: id,
                 group: 0,
                 delta_bytes: 0,
-                error: crate::link::truncate(error, crate::wire::ERROR_MESSAGE_BYTES_MAX),
+                error: crate::link::truncate(error, drgw_wire::ERROR_MESSAGE_BYTES_MAX),
             }
         }
     }
@@ -414,7 +414,7 @@ async fn accept_group(
     peer: &str,
     request: &Reprotect,
 ) -> Result<(u32, u64), String> {
-    let text = |e: crate::catalog::CatalogError| e.to_string();
+    let text = |e: drgw_catalog::CatalogError| e.to_string();
     let (target, disks) = appliance
         .recovery
         .committed_disks(&format!("{peer}/{}", request.group))
@@ -723,7 +723,7 @@ pub struct FailbackOutcome {
 /// the group is protected here again, replicating to the other site, which
 /// takes it as its target once more (its replicas hold the same data).
 pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<FailbackOutcome, String> {
-    let text = |e: crate::catalog::CatalogError| e.to_string();
+    let text = |e: drgw_catalog::CatalogError| e.to_string();
     let record = appliance
         .catalog
         .reversed()
@@ -736,7 +736,7 @@ pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<Failbac
             )
         })?;
     let peer = record.peer.clone();
-    let step = |step: u8| crate::wire::Failback {
+    let step = |step: u8| drgw_wire::Failback {
         request: appliance.calls.request_id(),
         group: group.to_string(),
         step,
@@ -744,7 +744,7 @@ pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<Failbac
     // 1. The other site stops its disks and stages a last bookmark.
     let last = appliance
         .calls
-        .failback(&peer, step(crate::wire::FAILBACK_QUIESCE))
+        .failback(&peer, step(drgw_wire::FAILBACK_QUIESCE))
         .await?;
     // 2. Everything through it is applied here. (0: the other site had
     // given the group back already, in a failback cut short here.)
@@ -778,7 +778,7 @@ pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<Failbac
     // 3. The other site takes the group as its target again.
     let held = appliance
         .calls
-        .failback(&peer, step(crate::wire::FAILBACK_RETURN))
+        .failback(&peer, step(drgw_wire::FAILBACK_RETURN))
         .await?;
     // 4. The group is protected here again, its sequence continuing after
     // what the other site holds.
@@ -797,9 +797,9 @@ pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<Failbac
         .stage(vec![crate::ingest::StageBatch {
             group_id,
             group: name,
-            bodies: vec![crate::staging::RecordBody::Bookmark {
+            bodies: vec![drgw_staging::RecordBody::Bookmark {
                 name: "failback".into(),
-                unix_ms: crate::clock::unix_millis(),
+                unix_ms: drgw_io::clock::unix_millis(),
             }],
             per_disk: Vec::new(),
         }])
@@ -824,24 +824,24 @@ pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<Failbac
 pub async fn answer_failback(
     appliance: &Arc<Appliance>,
     peer: &str,
-    request: crate::wire::Failback,
-) -> crate::wire::FailedBack {
+    request: drgw_wire::Failback,
+) -> drgw_wire::FailedBack {
     let result = match request.step {
-        crate::wire::FAILBACK_QUIESCE => quiesce(appliance, peer, &request.group).await,
+        drgw_wire::FAILBACK_QUIESCE => quiesce(appliance, peer, &request.group).await,
         _ => give_back(appliance, peer, &request.group).await,
     };
     match result {
-        Ok(sequence) => crate::wire::FailedBack {
+        Ok(sequence) => drgw_wire::FailedBack {
             request: request.request,
             sequence,
             error: String::new(),
         },
         Err(error) => {
             tracing::warn!(peer, group = %request.group, %error, "failback step refused");
-            crate::wire::FailedBack {
+            drgw_wire::FailedBack {
                 request: request.request,
                 sequence: 0,
-                error: crate::link::truncate(error, crate::wire::ERROR_MESSAGE_BYTES_MAX),
+                error: crate::link::truncate(error, drgw_wire::ERROR_MESSAGE_BYTES_MAX),
             }
         }
     }
@@ -878,7 +878,7 @@ fn given_back(appliance: &Arc<Appliance>, peer: &str, group: &str) -> Option<u64
         .recovery
         .history(&format!("{peer}/{group}"))
         .ok()?;
-    let back = history.state == crate::catalog::RecoveryState::Protected
+    let back = history.state == drgw_catalog::RecoveryState::Protected
         && history
             .transitions
             .last()

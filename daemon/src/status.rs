@@ -3,7 +3,7 @@
 
 use crate::appliance::Appliance;
 use crate::link::{self, LinkStatus, Refusal};
-use crate::tls::{Fingerprint, PeerKind};
+use drgw_tls::{Fingerprint, PeerKind};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -27,12 +27,12 @@ pub struct Status {
     /// Bandwidth limit in force for shipping, bytes per second (none: unlimited).
     pub bandwidth_limit_bytes_per_second: Option<u64>,
     /// Groups replicated to this appliance (target side).
-    pub target_groups: Vec<crate::target::TargetGroupStatus>,
+    pub target_groups: Vec<crate::replica::TargetGroupStatus>,
     /// Target groups that could not be opened, by directory, and why.
     pub target_problems: std::collections::BTreeMap<String, String>,
     /// Recovery exports and each target group's recovery state.
     #[serde(default)]
-    pub recovery: Option<crate::target::RecoveryStatus>,
+    pub recovery: Option<crate::replica::RecoveryStatus>,
     /// Resyncs running on the groups this appliance protects (source side).
     #[serde(default)]
     pub resyncs: Vec<crate::resync::ResyncView>,
@@ -42,7 +42,7 @@ pub struct Status {
     pub reprotects: Vec<crate::reprotect::DeltaProgress>,
     /// Groups replicated back to this (original) site.
     #[serde(default)]
-    pub reversed: Vec<crate::catalog::ReversedGroup>,
+    pub reversed: Vec<drgw_catalog::ReversedGroup>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -186,7 +186,7 @@ fn protected_disks(appliance: &Appliance) -> Vec<ProtectedDiskStatus> {
 /// With `[volumes] require_mounted`, a volume whose path is not itself a
 /// mount point is missing: its figures would be those of the disk above it.
 fn require_mounted(status: &mut VolumeStatus, role: &str) {
-    if let Some(problem) = crate::fsutil::mount_point_problem(&status.path, role) {
+    if let Some(problem) = drgw_io::fsutil::mount_point_problem(&status.path, role) {
         status.problem = Some(problem);
         status.mount_point = None;
         status.file_system = None;
@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(status.available_bytes, None);
         // A mount point (/proc is one) passes.
         assert_eq!(
-            crate::fsutil::mount_point_problem(Path::new("/proc"), "cache"),
+            drgw_io::fsutil::mount_point_problem(Path::new("/proc"), "cache"),
             None
         );
     }

@@ -3,8 +3,8 @@
 //! several reads in flight (O_DIRECT when the file takes it). The tap sums
 //! its primary disk, the target its replica, with this same code.
 
-use crate::nbd::{AlignedBuffer, DIRECT_ALIGNMENT};
-use crate::wire::SumSpan;
+use drgw_io::aligned::{AlignedBuffer, DIRECT_ALIGNMENT};
+use drgw_wire::SumSpan;
 use io_uring::{opcode, types, IoUring};
 use std::fs::File;
 use std::io;

@@ -30,7 +30,7 @@ use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::{BandwidthConfig, BitRate, ScheduleTimeZone, TimeOfDay, Weekday};
+use drgw_config::{BandwidthConfig, BitRate, ScheduleTimeZone, TimeOfDay, Weekday};
 
 /// Most time at the limit the bucket holds: the burst above the limit.
 pub const BURST: Duration = Duration::from_millis(250);
@@ -406,11 +406,11 @@ mod tests {
     use chrono::NaiveDate;
 
     use super::*;
-    use crate::config::Config;
+    use drgw_config::Config;
 
     fn schedule(toml: &str) -> BandwidthSchedule {
         let config = Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
-        config.bandwidth_schedule()
+        BandwidthSchedule::from(&config.bandwidth)
     }
 
     /// 2024-01-01 is a Monday: `day` 0 is Monday, 6 Sunday.

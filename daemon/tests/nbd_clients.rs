@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use drgw::nbd::{BlockBackend, BoxFuture, Export, FileBackend, Limits, NbdServer};
+use drgw_nbd::{BlockBackend, BoxFuture, Export, FileBackend, Limits, NbdServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

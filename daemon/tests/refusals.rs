@@ -4,7 +4,7 @@
 mod common;
 
 use common::{link_state, runtime, Daemon, TestClient};
-use drgw::wire::{self, ErrorCode, Frame, Role};
+use drgw_wire::{self as wire, ErrorCode, Frame, Role};
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
@@ -90,7 +90,7 @@ fn wrong_server_fingerprint_is_refused_by_the_client() {
     let error = runtime()
         .block_on(client.connect(&daemon.address(), &wrong))
         .unwrap_err();
-    let reason = drgw::tls::describe_handshake_error(&error);
+    let reason = drgw_tls::describe_handshake_error(&error);
     assert!(
         reason.contains("is not the one pinned for this peer"),
         "{reason}"

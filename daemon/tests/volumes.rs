@@ -40,9 +40,10 @@ fn an_unmounted_retention_volume_is_reported_and_not_written() {
     require_mounted(&mut pair.target);
     let problem = volume_problem(&pair.target, "retention").expect("a retention problem");
     assert!(problem.contains(NOT_MOUNTED), "{problem}");
-    pair.source.wait_for("the link", Duration::from_secs(20), |s| {
-        s["peers"][0]["link"]["state"] == "connected"
-    });
+    pair.source
+        .wait_for("the link", Duration::from_secs(20), |s| {
+            s["peers"][0]["link"]["state"] == "connected"
+        });
     let tap = TwoDiskTap::start(&pair.source, 4 << 20);
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data.img");
@@ -51,9 +52,10 @@ fn an_unmounted_retention_volume_is_reported_and_not_written() {
     // The target refuses the group with the reason; the source is told.
     pair.target
         .wait_for("the refused group", Duration::from_secs(30), |s| {
-            s["target_problems"]
-                .as_object()
-                .is_some_and(|p| p.values().any(|v| v.as_str().unwrap().contains(NOT_MOUNTED)))
+            s["target_problems"].as_object().is_some_and(|p| {
+                p.values()
+                    .any(|v| v.as_str().unwrap().contains(NOT_MOUNTED))
+            })
         });
     // The source says which group and peer refused, and where to look.
     pair.source

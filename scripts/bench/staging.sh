@@ -32,7 +32,7 @@ bytes=$(numfmt --from=iec "$size")
 if [[ -n ${STAGING_BENCH_BIN:-} ]]; then
     example=$STAGING_BENCH_BIN
 else
-    (cd "$root" && cargo build --release --quiet -p drgw --example bench_staging)
+    (cd "$root" && cargo build --release --quiet -p drgw-staging --example bench_staging)
     example="${CARGO_TARGET_DIR:-$root/target}/release/examples/bench_staging"
 fi
 

@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use drgw::wire::{decode, encode, BODY_BYTES_DEFAULT, HEADER_BYTES};
+use drgw_wire::{decode, encode, BODY_BYTES_DEFAULT, HEADER_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -24,7 +24,7 @@ fn check(data: &[u8]) {
     let Ok((frame, consumed)) = decode(data, BODY_BYTES_DEFAULT) else {
         return;
     };
-    if let drgw::wire::Frame::Batch(batch) = &frame {
+    if let drgw_wire::Frame::Batch(batch) = &frame {
         let _ = drgw::ship::payload::open_batch(batch);
     }
     let mut encoded = Vec::new();

@@ -3,11 +3,11 @@ use super::{
     Cli, Command, ConfigCommand, GlobalOptions, PairCommand, StagingCommand, DEFAULT_CONFIG,
     DEFAULT_SOCKET,
 };
-use crate::config::{self, Config, ConfigError};
 use crate::control::{self, Request};
 use crate::status::Status;
-use crate::tls::{Fingerprint, PeerKind};
 use anyhow::{anyhow, Context};
+use drgw_config::{self as config, Config, ConfigError};
+use drgw_tls::{Fingerprint, PeerKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

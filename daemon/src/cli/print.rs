@@ -1,8 +1,8 @@
 //! Human-readable output. `--json` prints the daemon's answer as is.
 
-use crate::clock;
 use crate::control::PairInfo;
 use crate::status::{PeerStatus, Status, VolumeStatus};
+use drgw_io::clock;
 
 pub fn status(status: &Status) {
     println!(
@@ -187,7 +187,7 @@ pub fn status(status: &Status) {
             "group {} is reprotected: {} replicates it back here since {} (`drgw failback {}` takes it back)",
             reversed.group,
             reversed.peer,
-            crate::target::format_utc(reversed.since_unix_ms),
+            crate::replica::format_utc(reversed.since_unix_ms),
             reversed.group
         );
     }
@@ -407,7 +407,7 @@ pub fn points(value: &serde_json::Value) {
         value["recoverable_from"],
         value["applied_through"]
     );
-    let markers: Vec<crate::target::ResyncMarker> =
+    let markers: Vec<crate::replica::ResyncMarker> =
         serde_json::from_value(value["resyncs"].clone()).unwrap_or_default();
     let rows: Vec<[String; 3]> = points
         .iter()
@@ -417,12 +417,12 @@ pub fn points(value: &serde_json::Value) {
                 Some(name) => format!("bookmark {name}"),
                 None => "crash-consistent".into(),
             };
-            let kind = match crate::target::resync_open_at(&markers, sequence) {
+            let kind = match crate::replica::resync_open_at(&markers, sequence) {
                 Some(_) => format!("{kind}, during a resync: NOT consistent"),
                 None => kind,
             };
             [
-                crate::target::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
+                crate::replica::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
                 kind,
                 point["sequence"].to_string(),
             ]
@@ -453,8 +453,8 @@ pub fn resync(value: &serde_json::Value) {
     match value["finished_unix_ms"].as_u64() {
         Some(finished) => println!(
             "started {}, ended {} ({:.1} s); grain {} compared again at {}; resumed {} times",
-            crate::target::format_utc(started),
-            crate::target::format_utc(finished),
+            crate::replica::format_utc(started),
+            crate::replica::format_utc(finished),
             finished.saturating_sub(started) as f64 / 1000.0,
             bytes(number("block_bytes")),
             bytes(number("fine_bytes")),
@@ -462,7 +462,7 @@ pub fn resync(value: &serde_json::Value) {
         ),
         None => println!(
             "started {}, {}/s, ETA {}; grain {} compared again at {}",
-            crate::target::format_utc(started),
+            crate::replica::format_utc(started),
             bytes(value["bytes_per_second"].as_f64().unwrap_or(0.0) as u64),
             value["eta_s"]
                 .as_f64()
@@ -497,7 +497,7 @@ pub fn materialized(value: &serde_json::Value) {
         value["disk"].as_str().unwrap_or_default(),
         value["group"].as_str().unwrap_or_default(),
         value["point"]["sequence"],
-        crate::target::format_utc(value["point"]["unix_ms"].as_u64().unwrap_or(0)),
+        crate::replica::format_utc(value["point"]["unix_ms"].as_u64().unwrap_or(0)),
         value["out"].as_str().unwrap_or_default(),
         value["format"].as_str().unwrap_or("raw"),
         bytes(size),
@@ -523,7 +523,7 @@ pub fn exports(value: &serde_json::Value) {
             let point = &export["point"];
             let at = match point["bookmark"].as_str() {
                 Some(name) => format!("bookmark {name}"),
-                None => crate::target::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
+                None => crate::replica::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
             };
             [
                 export["uri"].as_str().unwrap_or_default().to_string(),
@@ -562,7 +562,7 @@ pub fn outcome(value: &serde_json::Value) {
         println!(
             "point: sequence {} ({}{kind})",
             point["sequence"],
-            crate::target::format_utc(point["unix_ms"].as_u64().unwrap_or(0))
+            crate::replica::format_utc(point["unix_ms"].as_u64().unwrap_or(0))
         );
     }
     if value["exports"].as_array().is_some_and(|e| !e.is_empty()) {
@@ -578,7 +578,7 @@ pub fn recovery(value: &serde_json::Value) {
         .iter()
         .map(|t| {
             [
-                crate::target::format_utc(t["unix_ms"].as_u64().unwrap_or(0)),
+                crate::replica::format_utc(t["unix_ms"].as_u64().unwrap_or(0)),
                 format!(
                     "{} -> {}",
                     t["from"].as_str().unwrap_or_default(),
@@ -601,7 +601,7 @@ pub fn recovery(value: &serde_json::Value) {
             .iter()
             .map(|d| {
                 [
-                    crate::target::format_utc(d["started_unix_ms"].as_u64().unwrap_or(0)),
+                    crate::replica::format_utc(d["started_unix_ms"].as_u64().unwrap_or(0)),
                     format!("seq {}", d["point"]["sequence"]),
                     d["result"].as_str().unwrap_or_default().to_string(),
                     d["note"].as_str().unwrap_or_default().to_string(),
@@ -623,7 +623,7 @@ pub fn events(value: &serde_json::Value) {
     for event in events {
         println!(
             "{}  {}",
-            crate::target::format_utc(event["unix_ms"].as_u64().unwrap_or(0)),
+            crate::replica::format_utc(event["unix_ms"].as_u64().unwrap_or(0)),
             event
         );
     }

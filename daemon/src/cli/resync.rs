@@ -3,10 +3,10 @@
 //! on in the daemon (`--status` shows it, `--cancel` stops it).
 
 use super::progress::Display;
-use crate::catalog::ResyncPhase;
 use crate::control::{self, Request};
 use crate::resync::ResyncView;
 use anyhow::{anyhow, Context};
+use drgw_catalog::ResyncPhase;
 use std::path::Path;
 use std::time::Duration;
 

@@ -1,10 +1,10 @@
 use super::materialize::{self, MaterializeRequest};
 use super::protocol::{PairInfo, Request};
 use crate::appliance::Appliance;
-use crate::catalog::ProtectedDisk;
-use crate::clock;
 use crate::status;
-use crate::tls::{Fingerprint, PeerKind, PinnedPeer};
+use drgw_catalog::ProtectedDisk;
+use drgw_io::clock;
+use drgw_tls::{Fingerprint, PeerKind, PinnedPeer};
 use std::sync::Arc;
 
 /// Runs one request. Catalog work is blocking I/O: it runs off the runtime.
@@ -77,7 +77,7 @@ pub async fn handle(
         }
         Request::Job { id } => appliance.jobs.report(id).map(to_value)?,
         Request::JobCancel { id } => appliance.jobs.cancel(id).map(to_value)?,
-        Request::Events => to_value(crate::target::recent_events()),
+        Request::Events => to_value(crate::replica::recent_events()),
         Request::Exports => to_value(appliance.recovery.list()),
         Request::Recovery { group } => {
             super::recovery::history(&appliance, &group).map(to_value)?

@@ -20,7 +20,7 @@ pub use image::ImageFormat;
 
 use crate::appliance::Appliance;
 use crate::control::jobs::JobContext;
-use crate::target::{PointSpec, PointView, RecoveryPoint};
+use crate::replica::{PointSpec, PointView, RecoveryPoint};
 use copy::{Copy, Stop};
 use image::{ImageFiles, Layout};
 use sidecar::Sidecar;
@@ -138,7 +138,7 @@ fn prepare(appliance: &Appliance, request: &MaterializeRequest) -> Result<Plan, 
         allocated_bytes: 0,
         file_device: 0,
         file_inode: 0,
-        updated_unix_s: crate::clock::unix_seconds(),
+        updated_unix_s: drgw_io::clock::unix_seconds(),
     };
     let runtime = tokio::runtime::Handle::current();
     let view = runtime
@@ -250,7 +250,7 @@ fn resume_output(
             }
             // Past the checkpoint, make it a hole again: what a killed run
             // wrote there is not known to be complete.
-            crate::target::discard(&files.plain, found.done_bytes, length - found.done_bytes)
+            crate::replica::discard(&files.plain, found.done_bytes, length - found.done_bytes)
                 .map_err(io)?;
             Layout::Raw {
                 size_bytes: found.disk_size_bytes,

@@ -1,5 +1,5 @@
 use super::materialize::ImageFormat;
-use crate::tls::{Fingerprint, PeerKind};
+use drgw_tls::{Fingerprint, PeerKind};
 
 /// Version of the control protocol; a request with another is refused.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -2,7 +2,7 @@
 //! Run on a blocking thread. Writing a point to an image: materialize.rs.
 
 use crate::appliance::Appliance;
-use crate::target::RecoveryPoint;
+use crate::replica::RecoveryPoint;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PointList {
@@ -15,7 +15,7 @@ pub struct PointList {
     /// Resync starts and ends in the window: points after a start and
     /// before its end are not crash-consistent and cannot be recovered.
     #[serde(default)]
-    pub resyncs: Vec<crate::target::ResyncMarker>,
+    pub resyncs: Vec<crate::replica::ResyncMarker>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -30,8 +30,8 @@ pub struct BookmarkTaken {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecoveryHistory {
     #[serde(flatten)]
-    pub record: crate::catalog::GroupRecovery,
-    pub drills: Vec<crate::catalog::Drill>,
+    pub record: drgw_catalog::GroupRecovery,
+    pub drills: Vec<drgw_catalog::Drill>,
 }
 
 pub fn history(appliance: &Appliance, group: &str) -> Result<RecoveryHistory, String> {
@@ -55,7 +55,7 @@ pub fn transition(
     use crate::control::Request;
     let recovery = appliance.recovery.clone();
     let runtime = tokio::runtime::Handle::current();
-    let encode = |value: Result<serde_json::Value, crate::target::TargetError>| {
+    let encode = |value: Result<serde_json::Value, crate::replica::TargetError>| {
         value.map_err(|e| e.to_string())
     };
     runtime.block_on(async move {
@@ -88,7 +88,7 @@ pub fn transition(
                 recovery.failover_cancel(&group).await.map(to_json)
             }
             Request::Commit { group } => recovery.commit(&group).await.map(to_json),
-            other => Err(crate::target::TargetError::Protocol(format!(
+            other => Err(crate::replica::TargetError::Protocol(format!(
                 "not a recovery request: {other:?}"
             ))),
         })
@@ -115,12 +115,12 @@ pub fn points(appliance: &Appliance, group: &str) -> Result<PointList, String> {
 
 pub fn bookmark(appliance: &Appliance, group: &str, name: &str) -> Result<BookmarkTaken, String> {
     if name.is_empty()
-        || name.len() > crate::wire::BOOKMARK_NAME_BYTES_MAX
+        || name.len() > drgw_wire::BOOKMARK_NAME_BYTES_MAX
         || name.chars().any(char::is_control)
     {
         return Err(format!(
             "bookmark name must be 1 to {} bytes without control characters",
-            crate::wire::BOOKMARK_NAME_BYTES_MAX
+            drgw_wire::BOOKMARK_NAME_BYTES_MAX
         ));
     }
     let runtime = tokio::runtime::Handle::current();

@@ -7,8 +7,8 @@
 use super::process::ChildProcess;
 use crate::control::{self, PairInfo, Request};
 use crate::status::Status;
-use crate::tls::{self, Fingerprint, Identity, PeerKind};
 use anyhow::{bail, Context};
+use drgw_tls::{self as tls, Fingerprint, Identity, PeerKind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -164,7 +164,7 @@ impl Site {
             .await
         {
             // TLS 1.3: the verdict on our certificate arrives on the first read.
-            let _ = crate::wire::read_frame(&mut stream, crate::wire::BODY_BYTES_DEFAULT).await;
+            let _ = drgw_wire::read_frame(&mut stream, drgw_wire::BODY_BYTES_DEFAULT).await;
         }
         let wanted = stranger.fingerprint().to_string();
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -6,8 +6,8 @@
 use super::process::ChildProcess;
 use super::sites::{free_port, Site};
 use crate::control::Request;
-use crate::tls::PeerKind;
 use anyhow::{bail, Context};
+use drgw_tls::PeerKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

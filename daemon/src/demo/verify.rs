@@ -3,8 +3,8 @@
 //! compared block by block with a disk's model at some instant.
 
 use super::workload::{DiskModel, BLOCK_BYTES};
-use crate::nbd::client::{ClientError, NbdClient};
 use anyhow::Context;
+use drgw_nbd::client::{ClientError, NbdClient};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 

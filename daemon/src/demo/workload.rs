@@ -14,7 +14,7 @@
 //! has replied to it, which is what the tap acknowledged.
 
 use super::tap::DemoTap;
-use crate::nbd::client::{ClientError, NbdClient};
+use drgw_nbd::client::{ClientError, NbdClient};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -12,8 +12,8 @@ mod replay;
 pub use rate::RateWindow;
 pub use replay::{replay, ReplayError, ReplayReport};
 
-use crate::catalog::ProtectedDisk;
-use crate::staging::{RecordBody, StagedRecord, StagingConfig, StagingError, StagingLog};
+use drgw_catalog::ProtectedDisk;
+use drgw_staging::{RecordBody, StagedRecord, StagingConfig, StagingError, StagingLog};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -70,7 +70,7 @@ impl GroupLog {
     async fn append_remembered(
         &self,
         bodies: Vec<RecordBody>,
-    ) -> Result<std::ops::Range<u64>, crate::staging::StagingError> {
+    ) -> Result<std::ops::Range<u64>, drgw_staging::StagingError> {
         let copies = bodies.clone();
         let range = self.log.append(bodies).await?;
         self.remember(range.clone(), copies);
@@ -80,7 +80,7 @@ impl GroupLog {
     fn remember(&self, range: std::ops::Range<u64>, bodies: Vec<RecordBody>) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for (sequence, body) in range.zip(bodies) {
-            recent.bytes += crate::staging::body_payload_bytes(&body);
+            recent.bytes += drgw_staging::body_payload_bytes(&body);
             // Appends may finish out of order: keep the records sorted.
             let at = recent
                 .records
@@ -93,7 +93,7 @@ impl GroupLog {
             let Some(dropped) = recent.records.pop_front() else {
                 break;
             };
-            recent.bytes -= crate::staging::body_payload_bytes(&dropped.body);
+            recent.bytes -= drgw_staging::body_payload_bytes(&dropped.body);
         }
     }
 }
@@ -156,15 +156,15 @@ pub enum TapRequest {
     /// sets the tap's disk number).
     Sums {
         disk: String,
-        request: crate::wire::SumRequest,
-        answer: tokio::sync::oneshot::Sender<crate::wire::Sums>,
+        request: drgw_wire::SumRequest,
+        answer: tokio::sync::oneshot::Sender<drgw_wire::Sums>,
     },
     /// Forward these ranges of `disk` again from the primary; `done` is
     /// answered once they are staged (the tap follows them with barrier `id`).
     Resync {
         disk: String,
         id: u64,
-        ranges: Vec<crate::wire::ResyncRange>,
+        ranges: Vec<drgw_wire::ResyncRange>,
         done: tokio::sync::oneshot::Sender<()>,
     },
 }
@@ -267,7 +267,7 @@ impl Ingest {
         }
         if self.plan.require_mounted {
             let volume = &self.plan.cache_directory;
-            if let Some(problem) = crate::fsutil::mount_point_problem(volume, "cache") {
+            if let Some(problem) = drgw_io::fsutil::mount_point_problem(volume, "cache") {
                 return Err(IngestError::Unusable {
                     group: group.to_string(),
                     problem,
@@ -430,7 +430,7 @@ impl Ingest {
             if record.sequence != expected || bytes >= max_bytes {
                 break;
             }
-            bytes += crate::staging::body_payload_bytes(&record.body);
+            bytes += drgw_staging::body_payload_bytes(&record.body);
             taken.push(record.clone());
         }
         (!taken.is_empty()).then_some(taken)
@@ -450,7 +450,7 @@ impl Ingest {
                     .is_some_and(|r| r.sequence <= sequence)
                 {
                     let dropped = recent.records.pop_front().expect("checked");
-                    recent.bytes -= crate::staging::body_payload_bytes(&dropped.body);
+                    recent.bytes -= drgw_staging::body_payload_bytes(&dropped.body);
                 }
             }
             let now = Instant::now();
@@ -479,7 +479,7 @@ impl Ingest {
     /// is open (every `point_interval`, by the daemon).
     pub async fn take_points(&self) {
         let logs: Vec<Arc<GroupLog>> = self.logs.lock().await.values().cloned().collect();
-        let unix_ms = crate::clock::unix_millis();
+        let unix_ms = drgw_io::clock::unix_millis();
         for log in logs {
             if let Err(error) = log
                 .append_remembered(vec![RecordBody::Point { unix_ms }])
@@ -629,7 +629,7 @@ impl Ingest {
             })?;
         self.barrier(group_id, group).await?;
         let log = self.log(group_id, group).await?;
-        let unix_ms = crate::clock::unix_millis();
+        let unix_ms = drgw_io::clock::unix_millis();
         let body = RecordBody::Bookmark {
             name: name.to_string(),
             unix_ms,
@@ -658,9 +658,9 @@ impl Ingest {
             })?;
         let log = self.log(group_id, group).await?;
         let body = RecordBody::Resync {
-            unix_ms: crate::clock::unix_millis(),
+            unix_ms: drgw_io::clock::unix_millis(),
             done,
-            owner: crate::staging::RESYNC_GROUP,
+            owner: drgw_staging::RESYNC_GROUP,
         };
         let range =
             log.append_remembered(vec![body])

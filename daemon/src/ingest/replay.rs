@@ -3,7 +3,7 @@
 //! the gateway holds for a disk. Run it with the gateway stopped (opening a
 //! log cuts a torn tail, as the gateway itself would at start).
 
-use crate::staging::{CorruptionPolicy, RecordBody, StagingConfig, StagingError, StagingLog};
+use drgw_staging::{CorruptionPolicy, RecordBody, StagingConfig, StagingError, StagingLog};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;

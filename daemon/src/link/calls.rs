@@ -5,7 +5,7 @@
 //! answer's sender until the answer comes back. A session that ends drops
 //! its senders, so a waiting request fails at once.
 
-use crate::wire::{Failback, FailedBack, Reprotect, Reprotected, SumRequest, Sums};
+use drgw_wire::{Failback, FailedBack, Reprotect, Reprotected, SumRequest, Sums};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

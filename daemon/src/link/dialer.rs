@@ -4,7 +4,7 @@
 use super::registry::{Direction, LinkState};
 use super::session::{self, SessionContext};
 use crate::appliance::Appliance;
-use crate::tls::{self, Fingerprint, PeerKind, PinnedPeer};
+use drgw_tls::{self as tls, Fingerprint, PeerKind, PinnedPeer};
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -134,7 +134,7 @@ async fn dial_loop(appliance: Arc<Appliance>, peer: PinnedPeer, cancel: Cancella
 }
 
 fn classify(error: &session::SessionError) -> (LinkState, String) {
-    use crate::wire::ReadError;
+    use drgw_wire::ReadError;
     if let session::SessionError::Read(ReadError::Io(io)) = error {
         let is_tls = io
             .get_ref()

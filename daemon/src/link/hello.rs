@@ -1,6 +1,6 @@
 use crate::appliance::Appliance;
-use crate::tls::PeerKind;
-use crate::wire::{self, Hello, Role};
+use drgw_tls::PeerKind;
+use drgw_wire::{self as wire, Hello, Role};
 
 /// Our HELLO: the range of protocol versions this build speaks.
 pub fn offer(appliance: &Appliance) -> Hello {

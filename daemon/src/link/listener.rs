@@ -4,7 +4,7 @@
 use super::registry::Direction;
 use super::session::{self, SessionContext};
 use crate::appliance::Appliance;
-use crate::tls;
+use drgw_tls as tls;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

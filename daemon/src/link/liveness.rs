@@ -3,8 +3,8 @@
 
 use super::session::SessionError;
 use crate::appliance::Settings;
-use crate::clock;
-use crate::wire::Heartbeat;
+use drgw_io::clock;
+use drgw_wire::Heartbeat;
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio::time::Interval;

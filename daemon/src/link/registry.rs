@@ -1,4 +1,4 @@
-use crate::clock;
+use drgw_io::clock;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;

@@ -9,8 +9,8 @@ use super::hello;
 use super::liveness::Liveness;
 use super::registry::{Direction, SessionInfo};
 use crate::appliance::Appliance;
-use crate::tls::{PeerKind, PinnedPeer};
-use crate::wire::{self, ErrorCode, ErrorFrame, Frame, ReadError};
+use drgw_tls::{PeerKind, PinnedPeer};
+use drgw_wire::{self as wire, ErrorCode, ErrorFrame, Frame, ReadError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -311,7 +311,7 @@ async fn appliance_loop<S: AsyncWrite>(
                         .any(|d| d.group == info.name && d.peer.as_deref() == Some(peer));
                     // A group whose journal here is unusable is refused alone.
                     let announced = if own {
-                        Err(crate::target::TargetError::Held(format!(
+                        Err(crate::replica::TargetError::Held(format!(
                             "this appliance replicates group {} to {peer} itself",
                             info.name
                         )))
@@ -337,7 +337,7 @@ async fn appliance_loop<S: AsyncWrite>(
                     let durable = match target.receive(batch).await {
                         Ok(durable) => durable,
                         // Failed over here: refused alone, the link goes on.
-                        Err(crate::target::TargetError::Held(reason)) => {
+                        Err(crate::replica::TargetError::Held(reason)) => {
                             tracing::info!(peer = %peer, group, %reason, "batch refused");
                             wire::GROUP_REFUSED
                         }

@@ -8,10 +8,10 @@
 
 use super::liveness::Liveness;
 use super::session::{next_frame, Inbox, SessionContext, SessionError};
-use crate::catalog::ProtectedDisk;
 use crate::ingest::{Ingest, StageBatch, TapRequest};
-use crate::staging::RecordBody;
-use crate::wire::{self, Ack, Attach, Frame};
+use drgw_catalog::ProtectedDisk;
+use drgw_staging::RecordBody;
+use drgw_wire::{self as wire, Ack, Attach, Frame};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -184,7 +184,7 @@ impl TapSession {
             Frame::ResyncMark(mark) => {
                 let disk = self.disk_for(mark.disk, mark.sequence, 0, 0)?;
                 let body = RecordBody::Resync {
-                    unix_ms: crate::clock::unix_millis(),
+                    unix_ms: drgw_io::clock::unix_millis(),
                     done: mark.done,
                     owner: disk.id,
                 };

@@ -20,9 +20,9 @@
 //! lost link or tap makes it wait and retry the chunk.
 
 use crate::appliance::Appliance;
-use crate::catalog::{ProtectedDisk, ResyncPhase, ResyncRecord};
 use crate::ingest::TapRequest;
-use crate::wire::{ResyncRange, SumRequest, SumSpan, RESYNC_RANGES_MAX, SUM_BLOCKS_MAX};
+use drgw_catalog::{ProtectedDisk, ResyncPhase, ResyncRecord};
+use drgw_wire::{ResyncRange, SumRequest, SumSpan, RESYNC_RANGES_MAX, SUM_BLOCKS_MAX};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -194,7 +194,7 @@ pub fn start(
         seed,
         reason: options.reason.clone(),
         phase: ResyncPhase::Running,
-        started_unix_ms: crate::clock::unix_millis(),
+        started_unix_ms: drgw_io::clock::unix_millis(),
         finished_unix_ms: None,
         start_sequence: None,
         disk_index: 0,
@@ -292,7 +292,7 @@ pub struct ResizeOutcome {
 
 fn check_sizes(block_bytes: u32, fine_bytes: u32) -> Result<(), String> {
     let valid = |bytes: u32| {
-        bytes.is_power_of_two() && (4096..=crate::wire::SUM_BLOCK_BYTES_MAX).contains(&bytes)
+        bytes.is_power_of_two() && (4096..=drgw_wire::SUM_BLOCK_BYTES_MAX).contains(&bytes)
     };
     if !valid(block_bytes) || !valid(fine_bytes) {
         return Err(
@@ -395,10 +395,10 @@ async fn run(appliance: Arc<Appliance>, live: Arc<Mutex<Live>>, cancel: Cancella
     let not_before = lock(&live).not_before_unix_ms;
     let outcome = loop {
         if let Some(at) = not_before {
-            let now = crate::clock::unix_millis();
+            let now = drgw_io::clock::unix_millis();
             if now < at {
                 lock(&live).waiting =
-                    Some(format!("scheduled for {}", crate::target::format_utc(at)));
+                    Some(format!("scheduled for {}", crate::replica::format_utc(at)));
                 tokio::select! {
                     _ = cancel.cancelled() => break Stop::Cancelled,
                     _ = tokio::time::sleep(Duration::from_millis((at - now).min(1000))) => continue,
@@ -437,7 +437,7 @@ async fn run(appliance: Arc<Appliance>, live: Arc<Mutex<Live>>, cancel: Cancella
         let mut live = lock(&live);
         live.record.phase = phase;
         live.record.error = error.clone();
-        live.record.finished_unix_ms = Some(crate::clock::unix_millis());
+        live.record.finished_unix_ms = Some(drgw_io::clock::unix_millis());
         live.waiting = None;
         live.record.clone()
     };
@@ -457,7 +457,7 @@ async fn run(appliance: Arc<Appliance>, live: Arc<Mutex<Live>>, cancel: Cancella
     };
     tracing::info!(group = %group, outcome, compared_bytes = record.compared_bytes,
         differing_bytes = record.differing_bytes, seconds, error = ?record.error, "resync ended");
-    crate::target::raise(crate::target::Event::Resync {
+    crate::replica::raise(crate::replica::Event::Resync {
         group,
         outcome: outcome.into(),
         compared_bytes: record.compared_bytes,

@@ -4,21 +4,20 @@
 //! ERROR(ShuttingDown), lets in-flight requests finish (bounded by
 //! `shutdown.drain_timeout_ms`) and exits 0.
 
-pub(crate) mod notify;
-pub(crate) mod signals;
 mod staging_key;
-pub(crate) mod state_lock;
 
 use crate::appliance::{Appliance, Settings};
-use crate::catalog::{Catalog, CatalogError};
-use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlError};
 use crate::ingest::{Ingest, StagingPlan};
+use crate::link;
 use crate::logging::{self, LogControl};
-use crate::tls::{self, Identity, PinStore, TlsError};
-use crate::{clock, fsutil, link};
-use signals::SignalEvent;
-use state_lock::{LockError, StateLock};
+use drgw_catalog::{Catalog, CatalogError};
+use drgw_config::{Config, ConfigError};
+use drgw_io::{clock, fsutil};
+use drgw_process::notify;
+use drgw_process::signals::{self, SignalEvent};
+use drgw_process::state_lock::{LockError, StateLock};
+use drgw_tls::{self as tls, Identity, PinStore, TlsError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,15 +102,15 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
     let ingest = Arc::new(Ingest::new(plan, catalog.disks()?));
     ingest.open_all().await;
     let cancel = CancellationToken::new();
-    let targets = Arc::new(crate::target::TargetRegistry::new(
+    let targets = Arc::new(crate::replica::TargetRegistry::new(
         &config.volumes.retention,
         target_policy(&config, journal_key),
         cancel.clone(),
     ));
     targets.open_existing();
-    let recovery_nbd = Arc::new(crate::nbd::NbdServer::new(
+    let recovery_nbd = Arc::new(drgw_nbd::NbdServer::new(
         Vec::new(),
-        crate::nbd::Limits::default(),
+        drgw_nbd::Limits::default(),
     ));
     let recovery_address = std::net::SocketAddr::new(config.recovery.address, config.recovery.port);
     let recovery_listener = match tokio::net::TcpListener::bind(recovery_address).await {
@@ -122,7 +121,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
             Err(format!("cannot listen on {recovery_address}: {error}"))
         }
     };
-    let recovery = Arc::new(crate::target::Recovery::new(
+    let recovery = Arc::new(crate::replica::Recovery::new(
         targets.clone(),
         catalog.clone(),
         recovery_nbd.clone(),
@@ -132,7 +131,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
             .map_err(Clone::clone),
     ));
     recovery.restore().await;
-    crate::target::set_event_hook(config.events_command());
+    crate::replica::set_event_hook(config.events_command());
     let tracker = TaskTracker::new();
     let appliance = Arc::new(Appliance {
         id,
@@ -146,7 +145,9 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
         targets,
         recovery,
         ship_board: Default::default(),
-        throttle: Arc::new(crate::throttle::Throttle::new(config.bandwidth_schedule())),
+        throttle: Arc::new(crate::throttle::Throttle::new(
+            crate::throttle::BandwidthSchedule::from(&config.bandwidth),
+        )),
         listen_address,
         max_frame_bytes: config.replication.max_frame_bytes,
         started: Instant::now(),
@@ -225,8 +226,8 @@ async fn take_points(appliance: Arc<Appliance>, interval: Duration, cancel: Canc
 }
 
 /// Retention and RPO policy of replicated groups, from the config.
-fn target_policy(config: &Config, key: Option<[u8; 32]>) -> crate::target::TargetPolicy {
-    config.target_policy(key)
+fn target_policy(config: &Config, key: Option<[u8; 32]>) -> crate::replica::TargetPolicy {
+    crate::replica::TargetPolicy::from_config(config, key)
 }
 
 /// Stops accepting, closes links, and waits for in-flight work; a second
@@ -278,8 +279,10 @@ fn reload(config_path: &Path, started: &Config, appliance: &Appliance, log: &Log
             let restart = started.changes_needing_restart(&new);
             log.set_level(new.log.level);
             appliance.settings.send_replace(Settings::from_config(&new));
-            appliance.throttle.set_schedule(new.bandwidth_schedule());
-            crate::target::set_event_hook(new.events_command());
+            appliance
+                .throttle
+                .set_schedule(crate::throttle::BandwidthSchedule::from(&new.bandwidth));
+            crate::replica::set_event_hook(new.events_command());
             if restart.is_empty() {
                 tracing::info!("SIGHUP: config reloaded");
             } else {

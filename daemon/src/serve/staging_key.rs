@@ -3,8 +3,8 @@
 //! first start and never replaced (records staged under it need it).
 
 use super::ServeError;
-use crate::fsutil;
 use aes_gcm::aead::{KeyInit, OsRng};
+use drgw_io::fsutil;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

@@ -11,9 +11,9 @@
 pub mod payload;
 
 use crate::appliance::Appliance;
-use crate::catalog::ProtectedDisk;
-use crate::staging::StagingLog;
-use crate::wire::{Frame, GroupDisk, GroupInfo};
+use drgw_catalog::ProtectedDisk;
+use drgw_staging::StagingLog;
+use drgw_wire::{Frame, GroupDisk, GroupInfo};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -266,7 +266,7 @@ pub fn target_of(appliance: &Appliance, disk: &ProtectedDisk) -> Option<String> 
         .pins
         .all()
         .into_iter()
-        .filter(|p| p.kind == crate::tls::PeerKind::Appliance)
+        .filter(|p| p.kind == drgw_tls::PeerKind::Appliance)
         .map(|p| p.name)
         .collect();
     match appliance_peers.as_slice() {
@@ -293,7 +293,7 @@ enum ShipError {
     #[error("{0}")]
     Ingest(#[from] crate::ingest::IngestError),
     #[error("{0}")]
-    Staging(#[from] crate::staging::StagingError),
+    Staging(#[from] drgw_staging::StagingError),
     #[error("encoding a batch: {0}")]
     Payload(#[from] payload::PayloadError),
     #[error("the target did not answer within {} s", ACK_TIMEOUT.as_secs())]
@@ -318,7 +318,7 @@ const PREPARED_BATCHES: usize = 2;
 const COMPRESSING_MAX: usize = 2;
 
 struct Prepared {
-    batch: crate::wire::Batch,
+    batch: drgw_wire::Batch,
     compress: Duration,
 }
 
@@ -436,7 +436,7 @@ impl GroupShipper {
         let mut info = self.info();
         self.send(Frame::Group(info.clone())).await?;
         let resume = self.next_ack().await?;
-        if resume == crate::wire::GROUP_REFUSED {
+        if resume == drgw_wire::GROUP_REFUSED {
             return Err(ShipError::Refused);
         }
         let durable = log.usage().sequence_last_durable;
@@ -576,7 +576,7 @@ impl GroupShipper {
         in_flight: &mut VecDeque<InFlight>,
         in_flight_bytes: &mut usize,
     ) -> Result<(), ShipError> {
-        if acked == crate::wire::GROUP_REFUSED {
+        if acked == drgw_wire::GROUP_REFUSED {
             return Err(ShipError::Refused);
         }
         let sent = in_flight.back().map_or(*acknowledged, |f| f.sequence_last);

@@ -3,9 +3,9 @@
 //! BATCH body as received (compressed) in its journal, so this is also part
 //! of the journal format (docs/formats/journal.md).
 
-use crate::staging::{RecordBody, StagedRecord};
-use crate::wire::Batch;
 use bytes::Bytes;
+use drgw_staging::{RecordBody, StagedRecord};
+use drgw_wire::Batch;
 
 pub const CODEC_NONE: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;

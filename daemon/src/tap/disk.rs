@@ -5,7 +5,7 @@
 use super::forwarder::{Forwarder, Item, Payload};
 use super::range_lock::RangeLock;
 use super::tracker::DiskTracker;
-use crate::nbd::{BlockBackend, BoxFuture, FileBackend};
+use drgw_nbd::{BlockBackend, BoxFuture, FileBackend};
 use std::io;
 use std::sync::{Arc, Weak};
 

@@ -9,9 +9,9 @@
 
 use super::disk::TapDisk;
 use super::mirror::MirrorDisk;
-use crate::nbd::BlockBackend;
-use crate::tls::{self, Fingerprint, Identity};
-use crate::wire::{self, Attach, Flush, Frame, Hello, Role, Trim, WriteBatch, WriteRecord};
+use drgw_nbd::BlockBackend;
+use drgw_tls::{self as tls, Fingerprint, Identity};
+use drgw_wire::{self as wire, Attach, Flush, Frame, Hello, Role, Trim, WriteBatch, WriteRecord};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -502,7 +502,7 @@ impl Forwarder {
                     if last_seen.elapsed() > PEER_TIMEOUT {
                         break Err(TapLinkError::Silent);
                     }
-                    let beat = wire::Heartbeat { sent_unix_ns: crate::clock::unix_nanos(), echo_unix_ns: 0 };
+                    let beat = wire::Heartbeat { sent_unix_ns: drgw_io::clock::unix_nanos(), echo_unix_ns: 0 };
                     if let Err(error) = wire::write_frame(writer, &Frame::Heartbeat(beat)).await {
                         break Err(error.into());
                     }

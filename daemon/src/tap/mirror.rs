@@ -7,7 +7,7 @@
 //! QEMU's mirror job reports it (docs/tap-config.md, "Mirror disks").
 
 use super::forwarder::{Forwarder, Item, Payload};
-use crate::nbd::{BlockBackend, BoxFuture};
+use drgw_nbd::{BlockBackend, BoxFuture};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};

@@ -14,15 +14,16 @@ pub mod mirror;
 pub mod range_lock;
 pub mod tracker;
 
-use crate::config::{ConfigError, ForwardMode, TapConfig};
-use crate::nbd::{BlockBackend, Export, FileBackend, Limits, NbdServer};
-use crate::serve::notify;
-use crate::serve::signals::{self, SignalEvent};
-use crate::serve::state_lock::{LockError, StateLock};
-use crate::tls::{Fingerprint, FingerprintParseError, Identity, TlsError};
-use crate::{fsutil, logging};
+use crate::logging;
 use dirty_map::{DirtyMap, DirtyMapError};
 use disk::{Mode, TapBackend, TapDisk};
+use drgw_config::{ConfigError, ForwardMode, TapConfig};
+use drgw_io::fsutil;
+use drgw_nbd::{BlockBackend, Export, FileBackend, Limits, NbdServer};
+use drgw_process::notify;
+use drgw_process::signals::{self, SignalEvent};
+use drgw_process::state_lock::{LockError, StateLock};
+use drgw_tls::{Fingerprint, FingerprintParseError, Identity, TlsError};
 use forwarder::{Forwarder, GatewayTarget};
 use mirror::{MirrorBackend, MirrorDisk};
 use std::path::{Path, PathBuf};
@@ -324,8 +325,8 @@ async fn write_status(forwarder: &Forwarder, state_dir: &Path) {
         })
     }));
     let status = serde_json::json!({
-        "updated_unix_s": crate::clock::unix_seconds(),
-        "updated_unix_ms": crate::clock::unix_nanos() / 1_000_000,
+        "updated_unix_s": drgw_io::clock::unix_seconds(),
+        "updated_unix_ms": drgw_io::clock::unix_nanos() / 1_000_000,
         "gateway_connected": forwarder.connected(),
         "pending_bytes": forwarder.pending_bytes(),
         "forwarded_records": counters.forwarded_records.load(Relaxed),

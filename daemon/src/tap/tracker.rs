@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 pub const SETTLED_CLEAR_AFTER: Duration = Duration::from_secs(2);
 
 /// Bytes of disk marked at once (rounded up to the grain).
-pub const EXTENT_BYTES_DEFAULT: u64 = 4 << 20;
+pub const EXTENT_BYTES_DEFAULT: u64 = drgw_config::TapDisk::EXTENT_BYTES_DEFAULT;
 
 /// Most bytes of hot extents kept marked per disk: what a crash may cost in
 /// resync reads beyond the writes in flight.

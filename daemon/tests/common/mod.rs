@@ -332,14 +332,14 @@ pub fn path_mode(path: &Path) -> u32 {
 /// need to speak (or misspeak) the protocol to a daemon.
 pub struct TestClient {
     pub state: tempfile::TempDir,
-    pub identity: drgw::tls::Identity,
+    pub identity: drgw_tls::Identity,
 }
 
 impl TestClient {
     pub fn new() -> TestClient {
         let state = tempfile::tempdir().unwrap();
         let identity =
-            drgw::tls::Identity::load_or_create(state.path(), "drgw-test-client").unwrap();
+            drgw_tls::Identity::load_or_create(state.path(), "drgw-test-client").unwrap();
         TestClient { state, identity }
     }
 
@@ -353,18 +353,18 @@ impl TestClient {
         address: &str,
         expected: &str,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let config = drgw::tls::client_config(&self.identity, expected.parse().unwrap()).unwrap();
+        let config = drgw_tls::client_config(&self.identity, expected.parse().unwrap()).unwrap();
         let tcp = tokio::net::TcpStream::connect(address).await?;
-        let name = rustls::pki_types::ServerName::try_from(drgw::tls::SERVER_NAME).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(drgw_tls::SERVER_NAME).unwrap();
         tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
     }
 
-    pub fn hello(&self, role: drgw::wire::Role) -> drgw::wire::Frame {
-        drgw::wire::Frame::Hello(drgw::wire::Hello {
-            version_min: drgw::wire::PROTOCOL_VERSION_MIN,
-            version_max: drgw::wire::PROTOCOL_VERSION_MAX,
+    pub fn hello(&self, role: drgw_wire::Role) -> drgw_wire::Frame {
+        drgw_wire::Frame::Hello(drgw_wire::Hello {
+            version_min: drgw_wire::PROTOCOL_VERSION_MIN,
+            version_max: drgw_wire::PROTOCOL_VERSION_MAX,
             role,
             appliance_id: [7; 16],
             name: "test-client".into(),
@@ -629,7 +629,7 @@ pub fn pair_tap(gateway: &Daemon, tap_config: &Path) {
 }
 
 pub fn replay_staging(gateway: &Daemon, group_id: u64, size_bytes: u64) -> Vec<u8> {
-    use drgw::staging::{RecordBody, StagingConfig, StagingLog};
+    use drgw_staging::{RecordBody, StagingConfig, StagingLog};
     let directory = gateway
         .directory
         .path()

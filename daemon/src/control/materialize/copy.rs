@@ -15,8 +15,8 @@ use super::qcow2::Extent;
 use super::ring::{ImageRing, ENTRIES};
 use super::sidecar::Sidecar;
 use crate::control::jobs::JobContext;
-use crate::staging::AlignedBuffer;
-use crate::target::PointView;
+use crate::replica::PointView;
+use drgw_io::aligned::AlignedBuffer;
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -280,7 +280,7 @@ impl Copy<'_> {
         self.files.plain.sync_data().map_err(|e| self.io_error(e))?;
         self.sidecar.done_bytes = done_bytes;
         self.sidecar.allocated_bytes = allocated;
-        self.sidecar.updated_unix_s = crate::clock::unix_seconds();
+        self.sidecar.updated_unix_s = drgw_io::clock::unix_seconds();
         self.sidecar.store(self.sidecar_path).map_err(|e| match &e {
             super::sidecar::SidecarError::Io { source, .. }
                 if source.raw_os_error() == Some(libc::ENOSPC) =>

@@ -104,7 +104,7 @@ impl Sidecar {
 
     /// Replaces the sidecar atomically (temporary, fsync, rename, fsync dir).
     pub fn store(&self, path: &Path) -> Result<(), SidecarError> {
-        crate::fsutil::write_atomic(path, self.encode().as_bytes(), 0o600).map_err(|source| {
+        drgw_io::fsutil::write_atomic(path, self.encode().as_bytes(), 0o600).map_err(|source| {
             SidecarError::Io {
                 path: path.into(),
                 source,
