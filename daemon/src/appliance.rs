@@ -1,10 +1,10 @@
 //! The state one running appliance shares between its tasks: who it is,
 //! whom it trusts, its links, and the settings a SIGHUP can change.
 
-use crate::ingest::Ingest;
 use crate::link::{LinkRegistry, RefusalLog};
 use drgw_catalog::Catalog;
 use drgw_config::Config;
+use drgw_ingest::Ingest;
 use drgw_tls::{Identity, PinStore};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,9 +55,9 @@ pub struct Appliance {
     /// The I/O receiver: stages what taps forward.
     pub ingest: Arc<Ingest>,
     /// Groups replicated to this appliance (target side).
-    pub targets: Arc<crate::replica::TargetRegistry>,
+    pub targets: Arc<drgw_replica::TargetRegistry>,
     /// Recovery exports, test failover and failover (target side).
-    pub recovery: Arc<crate::replica::Recovery>,
+    pub recovery: Arc<drgw_replica::Recovery>,
     /// Shipping figures of the groups this appliance replicates (source side).
     pub ship_board: Arc<crate::ship::ShipBoard>,
     /// Bandwidth limit of shipping, on its schedule.

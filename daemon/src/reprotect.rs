@@ -15,18 +15,15 @@
 //! schedule, resume after a cut, points and RPO at A.
 
 use crate::appliance::Appliance;
-use crate::replica::{Capture, PointDisk};
+use drgw_catalog::FAILOVER_TAP;
 use drgw_catalog::{ProtectedDisk, ReversedGroup};
+use drgw_replica::{Capture, PointDisk};
 use drgw_wire::{Reprotect, ReprotectDisk, Reprotected, REPROTECT_RANGES_MAX};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// The tap name of a disk replicated back from this site's committed
-/// failover disk (not a pinnable name: pinned names cannot hold `@`).
-pub const FAILOVER_TAP: &str = "@failover";
 
 /// Largest piece of the delta read and staged at once.
 const DELTA_PIECE_BYTES: u64 = 1 << 20;
@@ -134,7 +131,7 @@ pub async fn reprotect(
             return Err(format!(
                 "group {group} is already reprotected: it replicates from {} since {}",
                 reversed.peer,
-                crate::replica::format_utc(reversed.since_unix_ms)
+                drgw_replica::format_utc(reversed.since_unix_ms)
             ));
         }
         return Err(format!("no group {group} is protected on this appliance"));
@@ -794,7 +791,7 @@ pub async fn failback(appliance: &Arc<Appliance>, group: &str) -> Result<Failbac
     appliance.refresh_disks().map_err(text)?;
     appliance
         .ingest
-        .stage(vec![crate::ingest::StageBatch {
+        .stage(vec![drgw_ingest::StageBatch {
             group_id,
             group: name,
             bodies: vec![drgw_staging::RecordBody::Bookmark {
@@ -992,7 +989,7 @@ async fn give_back(appliance: &Arc<Appliance>, peer: &str, group: &str) -> Resul
 }
 
 /// Writes the change map's cleared pages.
-async fn persist(changes: &Arc<crate::tap::dirty_map::DirtyMap>) -> Result<(), String> {
+async fn persist(changes: &Arc<drgw_dirtymap::DirtyMap>) -> Result<(), String> {
     let changes = changes.clone();
     tokio::task::spawn_blocking(move || changes.persist())
         .await

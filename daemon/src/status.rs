@@ -21,18 +21,18 @@ pub struct Status {
     pub volumes: Vec<VolumeStatus>,
     pub protected_disks: Vec<ProtectedDiskStatus>,
     /// Consistency groups with their staging (source side).
-    pub groups: Vec<crate::ingest::GroupStaging>,
+    pub groups: Vec<drgw_ingest::GroupStaging>,
     /// Shipping of those groups to their targets (source side).
     pub shipping: Vec<crate::ship::ShipStatus>,
     /// Bandwidth limit in force for shipping, bytes per second (none: unlimited).
     pub bandwidth_limit_bytes_per_second: Option<u64>,
     /// Groups replicated to this appliance (target side).
-    pub target_groups: Vec<crate::replica::TargetGroupStatus>,
+    pub target_groups: Vec<drgw_replica::TargetGroupStatus>,
     /// Target groups that could not be opened, by directory, and why.
     pub target_problems: std::collections::BTreeMap<String, String>,
     /// Recovery exports and each target group's recovery state.
     #[serde(default)]
-    pub recovery: Option<crate::replica::RecoveryStatus>,
+    pub recovery: Option<drgw_replica::RecoveryStatus>,
     /// Resyncs running on the groups this appliance protects (source side).
     #[serde(default)]
     pub resyncs: Vec<crate::resync::ResyncView>,

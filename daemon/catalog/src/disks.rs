@@ -1,6 +1,11 @@
 use super::{Catalog, CatalogError, DISKS, GROUPS, META};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
+/// The tap name of a disk replicated back from this site's committed
+/// failover disk (reprotect; not a pinnable name: pinned names cannot hold
+/// `@`).
+pub const FAILOVER_TAP: &str = "@failover";
+
 /// A disk under protection on this (source) appliance, and the tap allowed
 /// to forward its writes. Disks of one group share one sequence.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

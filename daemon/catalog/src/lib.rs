@@ -19,7 +19,7 @@ mod recovery;
 mod resyncs;
 mod reversed;
 
-pub use disks::ProtectedDisk;
+pub use disks::{ProtectedDisk, FAILOVER_TAP};
 pub use recovery::{Drill, GroupRecovery, RecoveryPoint, RecoveryState, Transition};
 pub use resyncs::{ResyncPhase, ResyncRecord};
 pub use reversed::ReversedGroup;

@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // The BATCH payload parser sees raw bytes too (never panics, whatever they say).
-    let _ = drgw::ship::payload::decode_records(&data.to_vec().into(), 0, u64::MAX, 1);
+    let _ = drgw_batch::decode_records(&data.to_vec().into(), 0, u64::MAX, 1);
     check(data);
     if let Some(sealed) = with_valid_checksum(data) {
         check(&sealed);
@@ -25,7 +25,7 @@ fn check(data: &[u8]) {
         return;
     };
     if let drgw_wire::Frame::Batch(batch) = &frame {
-        let _ = drgw::ship::payload::open_batch(batch);
+        let _ = drgw_batch::open_batch(batch);
     }
     let mut encoded = Vec::new();
     encode(&frame, &mut encoded).expect("a decoded frame re-encodes");

@@ -273,7 +273,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(key)
                 }
             };
-            let report = crate::ingest::replay(&directory, disk, size, &out, key)?;
+            let report = drgw_ingest::replay(&directory, disk, size, &out, key)?;
             let value = serde_json::to_value(&report)?;
             emit(json, &value, || {
                 println!(
@@ -294,9 +294,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .config
                 .unwrap_or_else(|| config::TAP_DEFAULT_PATH.into());
             if print_fingerprint {
-                crate::tap::print_identity(&path)?;
+                drgw_tap::print_identity(&path)?;
             } else {
-                crate::tap::run(&path)?;
+                drgw_tap::run(&path)?;
             }
             Ok(ExitCode::SUCCESS)
         }

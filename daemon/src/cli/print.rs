@@ -187,7 +187,7 @@ pub fn status(status: &Status) {
             "group {} is reprotected: {} replicates it back here since {} (`drgw failback {}` takes it back)",
             reversed.group,
             reversed.peer,
-            crate::replica::format_utc(reversed.since_unix_ms),
+            drgw_replica::format_utc(reversed.since_unix_ms),
             reversed.group
         );
     }
@@ -383,18 +383,7 @@ pub fn duration(seconds: u64) -> String {
 }
 
 pub fn bytes(count: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = count as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{count} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    drgw_io::units::Bytes(count).to_string()
 }
 
 pub fn points(value: &serde_json::Value) {
@@ -407,7 +396,7 @@ pub fn points(value: &serde_json::Value) {
         value["recoverable_from"],
         value["applied_through"]
     );
-    let markers: Vec<crate::replica::ResyncMarker> =
+    let markers: Vec<drgw_replica::ResyncMarker> =
         serde_json::from_value(value["resyncs"].clone()).unwrap_or_default();
     let rows: Vec<[String; 3]> = points
         .iter()
@@ -417,12 +406,12 @@ pub fn points(value: &serde_json::Value) {
                 Some(name) => format!("bookmark {name}"),
                 None => "crash-consistent".into(),
             };
-            let kind = match crate::replica::resync_open_at(&markers, sequence) {
+            let kind = match drgw_replica::resync_open_at(&markers, sequence) {
                 Some(_) => format!("{kind}, during a resync: NOT consistent"),
                 None => kind,
             };
             [
-                crate::replica::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
+                drgw_replica::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
                 kind,
                 point["sequence"].to_string(),
             ]
@@ -453,8 +442,8 @@ pub fn resync(value: &serde_json::Value) {
     match value["finished_unix_ms"].as_u64() {
         Some(finished) => println!(
             "started {}, ended {} ({:.1} s); grain {} compared again at {}; resumed {} times",
-            crate::replica::format_utc(started),
-            crate::replica::format_utc(finished),
+            drgw_replica::format_utc(started),
+            drgw_replica::format_utc(finished),
             finished.saturating_sub(started) as f64 / 1000.0,
             bytes(number("block_bytes")),
             bytes(number("fine_bytes")),
@@ -462,7 +451,7 @@ pub fn resync(value: &serde_json::Value) {
         ),
         None => println!(
             "started {}, {}/s, ETA {}; grain {} compared again at {}",
-            crate::replica::format_utc(started),
+            drgw_replica::format_utc(started),
             bytes(value["bytes_per_second"].as_f64().unwrap_or(0.0) as u64),
             value["eta_s"]
                 .as_f64()
@@ -497,7 +486,7 @@ pub fn materialized(value: &serde_json::Value) {
         value["disk"].as_str().unwrap_or_default(),
         value["group"].as_str().unwrap_or_default(),
         value["point"]["sequence"],
-        crate::replica::format_utc(value["point"]["unix_ms"].as_u64().unwrap_or(0)),
+        drgw_replica::format_utc(value["point"]["unix_ms"].as_u64().unwrap_or(0)),
         value["out"].as_str().unwrap_or_default(),
         value["format"].as_str().unwrap_or("raw"),
         bytes(size),
@@ -523,7 +512,7 @@ pub fn exports(value: &serde_json::Value) {
             let point = &export["point"];
             let at = match point["bookmark"].as_str() {
                 Some(name) => format!("bookmark {name}"),
-                None => crate::replica::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
+                None => drgw_replica::format_utc(point["unix_ms"].as_u64().unwrap_or(0)),
             };
             [
                 export["uri"].as_str().unwrap_or_default().to_string(),
@@ -562,7 +551,7 @@ pub fn outcome(value: &serde_json::Value) {
         println!(
             "point: sequence {} ({}{kind})",
             point["sequence"],
-            crate::replica::format_utc(point["unix_ms"].as_u64().unwrap_or(0))
+            drgw_replica::format_utc(point["unix_ms"].as_u64().unwrap_or(0))
         );
     }
     if value["exports"].as_array().is_some_and(|e| !e.is_empty()) {
@@ -578,7 +567,7 @@ pub fn recovery(value: &serde_json::Value) {
         .iter()
         .map(|t| {
             [
-                crate::replica::format_utc(t["unix_ms"].as_u64().unwrap_or(0)),
+                drgw_replica::format_utc(t["unix_ms"].as_u64().unwrap_or(0)),
                 format!(
                     "{} -> {}",
                     t["from"].as_str().unwrap_or_default(),
@@ -601,7 +590,7 @@ pub fn recovery(value: &serde_json::Value) {
             .iter()
             .map(|d| {
                 [
-                    crate::replica::format_utc(d["started_unix_ms"].as_u64().unwrap_or(0)),
+                    drgw_replica::format_utc(d["started_unix_ms"].as_u64().unwrap_or(0)),
                     format!("seq {}", d["point"]["sequence"]),
                     d["result"].as_str().unwrap_or_default().to_string(),
                     d["note"].as_str().unwrap_or_default().to_string(),
@@ -623,7 +612,7 @@ pub fn events(value: &serde_json::Value) {
     for event in events {
         println!(
             "{}  {}",
-            crate::replica::format_utc(event["unix_ms"].as_u64().unwrap_or(0)),
+            drgw_replica::format_utc(event["unix_ms"].as_u64().unwrap_or(0)),
             event
         );
     }

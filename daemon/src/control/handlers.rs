@@ -77,7 +77,7 @@ pub async fn handle(
         }
         Request::Job { id } => appliance.jobs.report(id).map(to_value)?,
         Request::JobCancel { id } => appliance.jobs.cancel(id).map(to_value)?,
-        Request::Events => to_value(crate::replica::recent_events()),
+        Request::Events => to_value(drgw_replica::recent_events()),
         Request::Exports => to_value(appliance.recovery.list()),
         Request::Recovery { group } => {
             super::recovery::history(&appliance, &group).map(to_value)?

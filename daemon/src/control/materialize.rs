@@ -13,15 +13,14 @@
 mod copy;
 mod image;
 mod qcow2;
-mod ring;
 mod sidecar;
 
 pub use image::ImageFormat;
 
 use crate::appliance::Appliance;
 use crate::control::jobs::JobContext;
-use crate::replica::{PointSpec, PointView, RecoveryPoint};
 use copy::{Copy, Stop};
+use drgw_replica::{PointSpec, PointView, RecoveryPoint};
 use image::{ImageFiles, Layout};
 use sidecar::Sidecar;
 use std::path::{Path, PathBuf};
@@ -250,7 +249,7 @@ fn resume_output(
             }
             // Past the checkpoint, make it a hole again: what a killed run
             // wrote there is not known to be complete.
-            crate::replica::discard(&files.plain, found.done_bytes, length - found.done_bytes)
+            drgw_replica::discard(&files.plain, found.done_bytes, length - found.done_bytes)
                 .map_err(io)?;
             Layout::Raw {
                 size_bytes: found.disk_size_bytes,

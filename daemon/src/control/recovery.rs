@@ -2,7 +2,7 @@
 //! Run on a blocking thread. Writing a point to an image: materialize.rs.
 
 use crate::appliance::Appliance;
-use crate::replica::RecoveryPoint;
+use drgw_replica::RecoveryPoint;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PointList {
@@ -15,7 +15,7 @@ pub struct PointList {
     /// Resync starts and ends in the window: points after a start and
     /// before its end are not crash-consistent and cannot be recovered.
     #[serde(default)]
-    pub resyncs: Vec<crate::replica::ResyncMarker>,
+    pub resyncs: Vec<drgw_replica::ResyncMarker>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -55,7 +55,7 @@ pub fn transition(
     use crate::control::Request;
     let recovery = appliance.recovery.clone();
     let runtime = tokio::runtime::Handle::current();
-    let encode = |value: Result<serde_json::Value, crate::replica::TargetError>| {
+    let encode = |value: Result<serde_json::Value, drgw_replica::TargetError>| {
         value.map_err(|e| e.to_string())
     };
     runtime.block_on(async move {
@@ -88,7 +88,7 @@ pub fn transition(
                 recovery.failover_cancel(&group).await.map(to_json)
             }
             Request::Commit { group } => recovery.commit(&group).await.map(to_json),
-            other => Err(crate::replica::TargetError::Protocol(format!(
+            other => Err(drgw_replica::TargetError::Protocol(format!(
                 "not a recovery request: {other:?}"
             ))),
         })

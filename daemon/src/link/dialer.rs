@@ -4,17 +4,13 @@
 use super::registry::{Direction, LinkState};
 use super::session::{self, SessionContext};
 use crate::appliance::Appliance;
-use drgw_tls::{self as tls, Fingerprint, PeerKind, PinnedPeer};
-use rustls::pki_types::ServerName;
+use drgw_tls::{self as tls, Backoff, DialError, Fingerprint, PeerKind, PinnedPeer};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 
 /// Whether this side dials `peer` (see the module doc of `link`).
@@ -66,31 +62,17 @@ pub async fn run_dialers(
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum DialError {
-    #[error("peer address {address} is not HOST:PORT")]
-    Address { address: String },
-    #[error("cannot connect to {address}: {source}")]
-    Connect {
-        address: String,
-        source: std::io::Error,
-    },
-    #[error("connecting to {address} timed out")]
-    Timeout { address: String },
-    #[error("{0}")]
-    Refused(String),
-}
-
 async fn dial_loop(appliance: Arc<Appliance>, peer: PinnedPeer, cancel: CancellationToken) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN);
     let mut last_error = String::new();
     loop {
         appliance
             .links
             .set_state(&peer.name, LinkState::Connecting, None);
-        match connect(&appliance, &peer).await {
+        let address = peer.address.clone().unwrap_or_default();
+        match tls::dial(&address, &appliance.identity, peer.fingerprint).await {
             Ok((stream, remote)) => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 last_error.clear();
                 let context = SessionContext {
                     appliance: appliance.clone(),
@@ -124,12 +106,11 @@ async fn dial_loop(appliance: Arc<Appliance>, peer: PinnedPeer, cancel: Cancella
                 appliance.links.set_state(&peer.name, state, Some(text));
             }
         }
-        let ceiling = appliance.settings().connect_retry_max.max(BACKOFF_MIN);
+        let wait = backoff.next_wait(appliance.settings().connect_retry_max);
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(jitter(backoff)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(ceiling);
     }
 }
 
@@ -144,40 +125,4 @@ fn classify(error: &session::SessionError) -> (LinkState, String) {
         }
     }
     (LinkState::Disconnected, error.to_string())
-}
-
-/// Spreads retries by up to a quarter of the delay, so many appliances
-/// restarted together do not knock in lockstep.
-fn jitter(delay: Duration) -> Duration {
-    let spread = delay.as_millis() as u64 / 4;
-    let noise = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * spread / 255;
-    delay + Duration::from_millis(noise)
-}
-
-async fn connect(
-    appliance: &Appliance,
-    peer: &PinnedPeer,
-) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, String), DialError> {
-    let address = peer.address.clone().unwrap_or_default();
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(source)) if source.kind() == std::io::ErrorKind::InvalidInput => {
-            return Err(DialError::Address { address })
-        }
-        Ok(Err(source)) => return Err(DialError::Connect { address, source }),
-        Err(_) => return Err(DialError::Timeout { address }),
-    };
-    let _ = tcp.set_nodelay(true);
-    let remote = tcp.peer_addr().map(|a| a.to_string()).unwrap_or(address);
-    let config = tls::client_config(&appliance.identity, peer.fingerprint)
-        .map_err(|error| DialError::Refused(error.to_string()))?;
-    let server_name = ServerName::try_from(tls::SERVER_NAME).expect("a valid DNS name");
-    let connector = TlsConnector::from(config);
-    let handshake =
-        tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp)).await;
-    match handshake {
-        Ok(Ok(stream)) => Ok((stream, remote)),
-        Ok(Err(error)) => Err(DialError::Refused(tls::describe_handshake_error(&error))),
-        Err(_) => Err(DialError::Timeout { address: remote }),
-    }
 }

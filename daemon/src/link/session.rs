@@ -61,7 +61,7 @@ pub enum SessionError {
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("{0}")]
-    Ingest(crate::ingest::IngestError),
+    Ingest(drgw_ingest::IngestError),
     #[error("target: {0}")]
     Target(String),
 }
@@ -311,7 +311,7 @@ async fn appliance_loop<S: AsyncWrite>(
                         .any(|d| d.group == info.name && d.peer.as_deref() == Some(peer));
                     // A group whose journal here is unusable is refused alone.
                     let announced = if own {
-                        Err(crate::replica::TargetError::Held(format!(
+                        Err(drgw_replica::TargetError::Held(format!(
                             "this appliance replicates group {} to {peer} itself",
                             info.name
                         )))
@@ -337,7 +337,7 @@ async fn appliance_loop<S: AsyncWrite>(
                     let durable = match target.receive(batch).await {
                         Ok(durable) => durable,
                         // Failed over here: refused alone, the link goes on.
-                        Err(crate::replica::TargetError::Held(reason)) => {
+                        Err(drgw_replica::TargetError::Held(reason)) => {
                             tracing::info!(peer = %peer, group, %reason, "batch refused");
                             wire::GROUP_REFUSED
                         }

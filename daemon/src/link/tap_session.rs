@@ -8,8 +8,8 @@
 
 use super::liveness::Liveness;
 use super::session::{next_frame, Inbox, SessionContext, SessionError};
-use crate::ingest::{Ingest, StageBatch, TapRequest};
 use drgw_catalog::ProtectedDisk;
+use drgw_ingest::{Ingest, StageBatch, TapRequest};
 use drgw_staging::RecordBody;
 use drgw_wire::{self as wire, Ack, Attach, Frame};
 use std::collections::HashMap;
@@ -292,7 +292,7 @@ impl TapSession {
             ));
         }
         if let Some(problem) = self.ingest.group_problem(disk.group_id) {
-            return Err(SessionError::Ingest(crate::ingest::IngestError::Unusable {
+            return Err(SessionError::Ingest(drgw_ingest::IngestError::Unusable {
                 group: disk.group.clone(),
                 problem,
             }));

@@ -3,7 +3,7 @@
 //!
 //! Every disk of the group is compared with its replica at the target by
 //! block sums computed on both sides at once (the tap reads the primary,
-//! the target its replica, both through io_uring, `crate::sums`). A block
+//! the target its replica, both through io_uring, `drgw_sums`). A block
 //! that differs is compared again at the fine grain (4 KiB by default), and
 //! the tap sends again only the fine blocks that differ, read from the
 //! primary like writes, through the normal path: staging, shipping (under
@@ -20,8 +20,8 @@
 //! lost link or tap makes it wait and retry the chunk.
 
 use crate::appliance::Appliance;
-use crate::ingest::TapRequest;
 use drgw_catalog::{ProtectedDisk, ResyncPhase, ResyncRecord};
+use drgw_ingest::TapRequest;
 use drgw_wire::{ResyncRange, SumRequest, SumSpan, RESYNC_RANGES_MAX, SUM_BLOCKS_MAX};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -176,8 +176,8 @@ pub fn start(
     if let Some(view) = appliance.resyncs.view(group) {
         return Err(format!(
             "a resync of {group} is already running ({} of {} compared); `drgw resync {group} --cancel` stops it",
-            crate::cli::bytes(view.record.compared_bytes),
-            crate::cli::bytes(view.record.total_bytes)
+            drgw_io::units::Bytes(view.record.compared_bytes),
+            drgw_io::units::Bytes(view.record.total_bytes)
         ));
     }
     let seed = u64::from_le_bytes(
@@ -398,7 +398,7 @@ async fn run(appliance: Arc<Appliance>, live: Arc<Mutex<Live>>, cancel: Cancella
             let now = drgw_io::clock::unix_millis();
             if now < at {
                 lock(&live).waiting =
-                    Some(format!("scheduled for {}", crate::replica::format_utc(at)));
+                    Some(format!("scheduled for {}", drgw_replica::format_utc(at)));
                 tokio::select! {
                     _ = cancel.cancelled() => break Stop::Cancelled,
                     _ = tokio::time::sleep(Duration::from_millis((at - now).min(1000))) => continue,
@@ -457,7 +457,7 @@ async fn run(appliance: Arc<Appliance>, live: Arc<Mutex<Live>>, cancel: Cancella
     };
     tracing::info!(group = %group, outcome, compared_bytes = record.compared_bytes,
         differing_bytes = record.differing_bytes, seconds, error = ?record.error, "resync ended");
-    crate::replica::raise(crate::replica::Event::Resync {
+    drgw_replica::raise(drgw_replica::Event::Resync {
         group,
         outcome: outcome.into(),
         compared_bytes: record.compared_bytes,

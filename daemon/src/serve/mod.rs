@@ -8,12 +8,12 @@ mod staging_key;
 
 use crate::appliance::{Appliance, Settings};
 use crate::control::{self, ControlError};
-use crate::ingest::{Ingest, StagingPlan};
 use crate::link;
-use crate::logging::{self, LogControl};
 use drgw_catalog::{Catalog, CatalogError};
 use drgw_config::{Config, ConfigError};
+use drgw_ingest::{Ingest, StagingPlan};
 use drgw_io::{clock, fsutil};
+use drgw_process::logging::{self, LogControl};
 use drgw_process::notify;
 use drgw_process::signals::{self, SignalEvent};
 use drgw_process::state_lock::{LockError, StateLock};
@@ -102,7 +102,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
     let ingest = Arc::new(Ingest::new(plan, catalog.disks()?));
     ingest.open_all().await;
     let cancel = CancellationToken::new();
-    let targets = Arc::new(crate::replica::TargetRegistry::new(
+    let targets = Arc::new(drgw_replica::TargetRegistry::new(
         &config.volumes.retention,
         target_policy(&config, journal_key),
         cancel.clone(),
@@ -121,7 +121,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
             Err(format!("cannot listen on {recovery_address}: {error}"))
         }
     };
-    let recovery = Arc::new(crate::replica::Recovery::new(
+    let recovery = Arc::new(drgw_replica::Recovery::new(
         targets.clone(),
         catalog.clone(),
         recovery_nbd.clone(),
@@ -131,7 +131,7 @@ async fn serve(config_path: &Path, config: Config, log: LogControl) -> Result<()
             .map_err(Clone::clone),
     ));
     recovery.restore().await;
-    crate::replica::set_event_hook(config.events_command());
+    drgw_replica::set_event_hook(config.events_command());
     let tracker = TaskTracker::new();
     let appliance = Arc::new(Appliance {
         id,
@@ -226,8 +226,8 @@ async fn take_points(appliance: Arc<Appliance>, interval: Duration, cancel: Canc
 }
 
 /// Retention and RPO policy of replicated groups, from the config.
-fn target_policy(config: &Config, key: Option<[u8; 32]>) -> crate::replica::TargetPolicy {
-    crate::replica::TargetPolicy::from_config(config, key)
+fn target_policy(config: &Config, key: Option<[u8; 32]>) -> drgw_replica::TargetPolicy {
+    drgw_replica::TargetPolicy::from_config(config, key)
 }
 
 /// Stops accepting, closes links, and waits for in-flight work; a second
@@ -282,7 +282,7 @@ fn reload(config_path: &Path, started: &Config, appliance: &Appliance, log: &Log
             appliance
                 .throttle
                 .set_schedule(crate::throttle::BandwidthSchedule::from(&new.bandwidth));
-            crate::replica::set_event_hook(new.events_command());
+            drgw_replica::set_event_hook(new.events_command());
             if restart.is_empty() {
                 tracing::info!("SIGHUP: config reloaded");
             } else {

@@ -8,8 +8,6 @@
 //! session; the next session starts again from the target's answer, so
 //! nothing acknowledged is re-sent and nothing unacknowledged is lost.
 
-pub mod payload;
-
 use crate::appliance::Appliance;
 use drgw_catalog::ProtectedDisk;
 use drgw_staging::StagingLog;
@@ -291,11 +289,11 @@ fn groups_for(appliance: &Appliance, peer: &str) -> BTreeMap<u32, Vec<ProtectedD
 #[derive(Debug, thiserror::Error)]
 enum ShipError {
     #[error("{0}")]
-    Ingest(#[from] crate::ingest::IngestError),
+    Ingest(#[from] drgw_ingest::IngestError),
     #[error("{0}")]
     Staging(#[from] drgw_staging::StagingError),
     #[error("encoding a batch: {0}")]
-    Payload(#[from] payload::PayloadError),
+    Payload(#[from] drgw_batch::PayloadError),
     #[error("the target did not answer within {} s", ACK_TIMEOUT.as_secs())]
     AckTimeout,
     #[error("the target acknowledged {acked}, beyond what was sent ({sent})")]
@@ -333,7 +331,7 @@ impl Drop for AbortOnDrop {
 /// Reads staged records from `next` and compresses them into batches, up to
 /// `COMPRESSING_MAX` at once, handing them over in sequence order.
 async fn produce(
-    ingest: Arc<crate::ingest::Ingest>,
+    ingest: Arc<drgw_ingest::Ingest>,
     log: Arc<StagingLog>,
     group_id: u32,
     mut next: u64,
@@ -341,7 +339,7 @@ async fn produce(
     prepared: mpsc::Sender<Result<Prepared, ShipError>>,
     cancel: CancellationToken,
 ) {
-    type Compressing = tokio::task::JoinHandle<Result<Prepared, payload::PayloadError>>;
+    type Compressing = tokio::task::JoinHandle<Result<Prepared, drgw_batch::PayloadError>>;
     let mut compressing: VecDeque<Compressing> = VecDeque::new();
     loop {
         while compressing.len() < COMPRESSING_MAX {
@@ -361,7 +359,7 @@ async fn produce(
             let current = level.lock().unwrap_or_else(|p| p.into_inner()).level();
             compressing.push_back(tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let batch = payload::build_batch(group_id, &records, current)?;
+                let batch = drgw_batch::build_batch(group_id, &records, current)?;
                 Ok(Prepared {
                     batch,
                     compress: started.elapsed(),

@@ -3,6 +3,7 @@
 
 use super::crypto::Sealer;
 use super::RecordBody;
+use drgw_io::le;
 
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"dREC");
 pub const HEADER_BYTES: usize = 80;
@@ -282,8 +283,8 @@ pub fn parse_header(bytes: &[u8], segment: u64) -> Result<Header, Invalid> {
     if bytes.len() < HEADER_BYTES {
         return Err(Invalid::Truncated);
     }
-    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let u32_at = |at: usize| le::u32_at(bytes, at);
+    let u64_at = |at: usize| le::u64_at(bytes, at);
     if u32_at(0) != RECORD_MAGIC {
         return Err(Invalid::Magic);
     }
@@ -337,7 +338,7 @@ pub fn decode_header(bytes: &[u8], segment: u64) -> Result<Header, Invalid> {
     if bytes.len() < end {
         return Err(Invalid::Truncated);
     }
-    let stored = u32::from_le_bytes(bytes[CHECKSUM_AT..HEADER_BYTES].try_into().unwrap());
+    let stored = le::u32_at(bytes, CHECKSUM_AT);
     if checksum(&bytes[..CHECKSUM_AT], &bytes[HEADER_BYTES..end]) != stored {
         return Err(Invalid::Checksum);
     }

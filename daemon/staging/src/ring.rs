@@ -1,4 +1,5 @@
-//! The only place that owns the io_uring and the only `unsafe` of the staging log.
+//! The staging log's io_uring (a `drgw_io::uring::Uring`) and the only `unsafe`
+//! of the staging log.
 //!
 //! `Ring` owns its two aligned buffers (the batch buffer and a one-block header
 //! buffer). Callers fill them through `&mut` borrows and then ask the ring to
@@ -12,7 +13,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use drgw_io::aligned::AlignedBuffer;
-use io_uring::{opcode, types, IoUring};
+use drgw_io::uring::Uring;
+use io_uring::{opcode, types};
 
 use super::record::BLOCK_BYTES;
 
@@ -32,7 +34,7 @@ pub struct RingCounters {
 pub struct Ring {
     // Declared first so it drops first: the kernel lets go of the registered
     // buffers before they are freed.
-    ring: IoUring,
+    ring: Uring,
     batch: AlignedBuffer,
     block: AlignedBuffer,
     registered: bool,
@@ -49,13 +51,14 @@ impl Ring {
     /// Sets up the ring and its buffers; registers the buffers when the kernel allows it.
     pub fn new(queue_depth: u32, batch_capacity: usize) -> io::Result<Ring> {
         assert!(queue_depth >= 2, "queue depth below 2");
-        let ring = IoUring::new(queue_depth)?;
+        // One entry more than the writes in flight: the barrier's.
+        let mut ring = Uring::new(queue_depth + 1)?;
         let mut batch = AlignedBuffer::zeroed(batch_capacity);
         let mut block = AlignedBuffer::zeroed(BLOCK_BYTES);
         let iovecs = [iovec(&mut batch), iovec(&mut block)];
         // SAFETY: both buffers are owned by the Ring built below and are freed only after
         // `ring` is dropped (field order), which unregisters them.
-        let registered = unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok();
+        let registered = unsafe { ring.register_buffers(&iovecs) }.is_ok();
         if !registered {
             tracing::info!(
                 "staging: io_uring buffer registration refused (memlock?); using plain writes"
@@ -113,11 +116,13 @@ impl Ring {
             .flags(types::FsyncFlags::DATASYNC)
             .build()
             .user_data(BARRIER_TAG);
-        // SAFETY: fsync references no memory; the descriptor stays open because the ring
-        // holds `file` until the completion is reaped.
-        unsafe { self.ring.submission().push(&entry) }.expect("submission queue has room");
         self.barrier_file = Some(file.clone());
-        self.guarded(|ring| ring.ring.submit().map(drop).map_err(Failure::Enter))
+        self.guarded(|ring| {
+            // SAFETY: fsync references no memory; the descriptor stays open because the
+            // ring holds `file` until the completion is reaped.
+            unsafe { ring.ring.push(&entry) }.map_err(Failure::Enter)?;
+            ring.ring.enter(0).map_err(Failure::Enter)
+        })
     }
 
     pub fn barrier_outstanding(&self) -> bool {
@@ -132,7 +137,7 @@ impl Ring {
         }
         self.guarded(|ring| {
             while ring.barrier_result.is_none() {
-                submit_and_wait(&mut ring.ring, 1).map_err(Failure::Enter)?;
+                ring.ring.enter(1).map_err(Failure::Enter)?;
                 ring.reap(|_, _| unreachable!("no write is in flight while waiting for a barrier"));
             }
             Ok(())
@@ -159,13 +164,14 @@ impl Ring {
 
     /// Reaps every available completion: barrier results are kept, writes go to `on_write`.
     fn reap(&mut self, mut on_write: impl FnMut(u64, i32)) {
-        for completion in self.ring.completion() {
-            if completion.user_data() == BARRIER_TAG {
-                self.barrier_result = Some(completion.result());
+        let barrier = &mut self.barrier_result;
+        self.ring.reap(|tag, result| {
+            if tag == BARRIER_TAG {
+                *barrier = Some(result);
             } else {
-                on_write(completion.user_data(), completion.result());
+                on_write(tag, result);
             }
-        }
+        });
     }
 
     fn write_and_reap(
@@ -209,19 +215,15 @@ impl Ring {
                         .build()
                 };
                 // SAFETY: the entry points into memory valid until its completion is reaped below.
-                unsafe {
-                    self.ring
-                        .submission()
-                        .push(&entry.user_data(u64::from(bytes)))
-                }
-                .expect("submission queue has room: in flight < queue depth = ring entries");
+                unsafe { self.ring.push(&entry.user_data(u64::from(bytes))) }
+                    .map_err(Failure::Enter)?;
                 next += 1;
                 in_flight += 1;
             }
             if in_flight == 0 {
                 break;
             }
-            submit_and_wait(&mut self.ring, 1).map_err(Failure::Enter)?;
+            self.ring.enter(1).map_err(Failure::Enter)?;
             let mut writes = 0u64;
             self.reap(|expected, result| {
                 in_flight -= 1;
@@ -250,21 +252,6 @@ impl Failure {
     fn into_error(self) -> io::Error {
         match self {
             Failure::Enter(error) | Failure::Io(error) => error,
-        }
-    }
-}
-
-fn submit_and_wait(ring: &mut IoUring, want: usize) -> io::Result<()> {
-    loop {
-        match ring.submit_and_wait(want) {
-            Ok(_) => return Ok(()),
-            Err(e)
-                if e.raw_os_error() == Some(libc::EINTR)
-                    || e.raw_os_error() == Some(libc::EBUSY) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e),
         }
     }
 }

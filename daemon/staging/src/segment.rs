@@ -1,6 +1,7 @@
 //! Segment files: naming, the 4096-byte segment header, creation, listing, and
 //! spares (released segment files kept to be overwritten by a later segment).
 
+use drgw_io::le;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -63,22 +64,22 @@ impl SegmentHeader {
                 block.len()
             ));
         }
-        let u64_at = |at: usize| u64::from_le_bytes(block[at..at + 8].try_into().unwrap());
+        let u64_at = |at: usize| le::u64_at(block, at);
         if block[0..8] != SEGMENT_MAGIC {
             return Err("bad segment magic".into());
         }
-        let stored = u32::from_le_bytes(block[CHECKSUM_AT..64].try_into().unwrap());
+        let stored = le::u32_at(block, CHECKSUM_AT);
         if crc32c::crc32c(&block[..CHECKSUM_AT]) != stored {
             return Err("segment header CRC32C mismatch".into());
         }
-        let version = u16::from_le_bytes([block[8], block[9]]);
+        let version = le::u16_at(block, 8);
         if !(FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
                 "segment format version {version}, this build reads \
                  {FORMAT_VERSION_OLDEST_READ}..={FORMAT_VERSION}"
             ));
         }
-        let flags = u16::from_le_bytes([block[10], block[11]]);
+        let flags = le::u16_at(block, 10);
         let known = if version == 1 {
             FLAG_ENCRYPTED
         } else {
@@ -94,7 +95,7 @@ impl SegmentHeader {
         Ok(SegmentHeader {
             encrypted: flags & FLAG_ENCRYPTED != 0,
             recycled: flags & FLAG_RECYCLED != 0,
-            group: u32::from_le_bytes(block[12..16].try_into().unwrap()),
+            group: le::u32_at(block, 12),
             segment: u64_at(16),
             sequence_first: u64_at(24),
             log_id: u64_at(32),

@@ -1,11 +1,24 @@
-//! Bounds-checked little-endian reader over a byte slice. Every read either
-//! returns the value or `DecodeError::Truncated` naming the field; nothing
-//! here can panic or read past the slice.
+//! Bounds-checked little-endian reader over a byte slice (`drgw_io::le`).
+//! Every read either returns the value or `DecodeError::Truncated` naming the
+//! field; nothing here can panic or read past the slice.
 
 use super::error::DecodeError;
+use drgw_io::le::{LeReader, Truncated};
 
+impl From<Truncated> for DecodeError {
+    fn from(short: Truncated) -> DecodeError {
+        DecodeError::Truncated {
+            field: short.field,
+            needed: short.needed,
+            remaining: short.remaining,
+        }
+    }
+}
+
+/// The wire's reader: `drgw_io::le::LeReader` with the wire's errors, its
+/// strings, and slices of a shared buffer.
 pub(crate) struct Reader<'a> {
-    rest: &'a [u8],
+    inner: LeReader<'a>,
     /// The whole of what is read, when it is shared: then
     /// [`Reader::shared_bytes`] slices it instead of copying.
     shared: Option<&'a bytes::Bytes>,
@@ -14,14 +27,14 @@ pub(crate) struct Reader<'a> {
 impl<'a> Reader<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
         Reader {
-            rest: bytes,
+            inner: LeReader::new(bytes),
             shared: None,
         }
     }
 
     pub(crate) fn over_shared(bytes: &'a bytes::Bytes) -> Reader<'a> {
         Reader {
-            rest: bytes,
+            inner: LeReader::new(bytes),
             shared: Some(bytes),
         }
     }
@@ -33,7 +46,9 @@ impl<'a> Reader<'a> {
         field: &'static str,
         length: usize,
     ) -> Result<bytes::Bytes, DecodeError> {
-        let start = self.shared.map(|whole| whole.len() - self.rest.len());
+        let start = self
+            .shared
+            .map(|whole| whole.len() - self.inner.remaining());
         let head = self.bytes(field, length)?;
         Ok(match (self.shared, start) {
             (Some(whole), Some(start)) => whole.slice(start..start + length),
@@ -42,7 +57,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn remaining(&self) -> usize {
-        self.rest.len()
+        self.inner.remaining()
     }
 
     pub(crate) fn bytes(
@@ -50,40 +65,30 @@ impl<'a> Reader<'a> {
         field: &'static str,
         length: usize,
     ) -> Result<&'a [u8], DecodeError> {
-        let (head, tail) = self
-            .rest
-            .split_at_checked(length)
-            .ok_or_else(|| self.truncated(field, length))?;
-        self.rest = tail;
-        Ok(head)
+        Ok(self.inner.bytes(field, length)?)
     }
 
     pub(crate) fn array<const N: usize>(
         &mut self,
         field: &'static str,
     ) -> Result<[u8; N], DecodeError> {
-        let (head, tail) = self
-            .rest
-            .split_first_chunk::<N>()
-            .ok_or_else(|| self.truncated(field, N))?;
-        self.rest = tail;
-        Ok(*head)
+        Ok(self.inner.array::<N>(field)?)
     }
 
     pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
-        self.array::<1>(field).map(u8::from_le_bytes)
+        Ok(self.inner.u8(field)?)
     }
 
     pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
-        self.array::<2>(field).map(u16::from_le_bytes)
+        Ok(self.inner.u16(field)?)
     }
 
     pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        self.array::<4>(field).map(u32::from_le_bytes)
+        Ok(self.inner.u32(field)?)
     }
 
     pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        self.array::<8>(field).map(u64::from_le_bytes)
+        Ok(self.inner.u64(field)?)
     }
 
     /// A u16 length then that many bytes of UTF-8. The length is checked
@@ -104,17 +109,9 @@ impl<'a> Reader<'a> {
 
     /// Succeeds only if every byte was consumed.
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
-        match self.rest.len() {
+        match self.inner.remaining() {
             0 => Ok(()),
             count => Err(DecodeError::TrailingBytes { count }),
-        }
-    }
-
-    fn truncated(&self, field: &'static str, needed: usize) -> DecodeError {
-        DecodeError::Truncated {
-            field,
-            needed,
-            remaining: self.rest.len(),
         }
     }
 }

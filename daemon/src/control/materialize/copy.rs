@@ -12,11 +12,12 @@
 
 use super::image::{ImageFiles, Layout, GRAIN_BYTES};
 use super::qcow2::Extent;
-use super::ring::{ImageRing, ENTRIES};
 use super::sidecar::Sidecar;
 use crate::control::jobs::JobContext;
-use crate::replica::PointView;
 use drgw_io::aligned::AlignedBuffer;
+use drgw_io::uring::Uring;
+use drgw_replica::PointView;
+use io_uring::{opcode, types};
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -29,6 +30,9 @@ use std::time::{Duration, Instant};
 pub const CHUNK_BYTES: u64 = 4 << 20;
 /// Buffers between reader and writer (read-ahead plus writes in flight).
 const POOL: usize = 8;
+/// Submission entries of the ring; a chunk has at most 64 extents, and at
+/// most this many writes are in flight.
+const ENTRIES: usize = 128;
 const CHECKPOINT: Duration = Duration::from_secs(2);
 
 /// A chunk read: the disk's bytes at `offset`, and its non-zero grain runs.
@@ -97,8 +101,8 @@ impl Copy<'_> {
         filled: Receiver<Result<Chunk, String>>,
         free: SyncSender<AlignedBuffer>,
     ) -> Result<CopyOutcome, Stop> {
-        let mut ring =
-            ImageRing::new().map_err(|e| Stop::Failed(format!("cannot set up io_uring: {e}")))?;
+        let mut ring = Uring::new(ENTRIES as u32)
+            .map_err(|e| Stop::Failed(format!("cannot set up io_uring: {e}")))?;
         let mut flights: VecDeque<(u64, InFlight)> = VecDeque::new();
         let mut next_tag = 0u64;
         let mut data_bytes = 0u64;
@@ -206,7 +210,7 @@ impl Copy<'_> {
 
     /// Queues the chunk's writes; an unaligned piece (a raw image's tail)
     /// is written at once through the buffered descriptor.
-    fn submit(&self, ring: &mut ImageRing, tag: u64, flight: &mut InFlight) -> Result<(), String> {
+    fn submit(&self, ring: &mut Uring, tag: u64, flight: &mut InFlight) -> Result<(), String> {
         for (index, extent) in flight.extents.iter().enumerate() {
             let at = (extent.disk_offset - flight.base) as usize;
             let data = &flight.buffer.as_slice()[at..at + extent.length as usize];
@@ -222,15 +226,15 @@ impl Copy<'_> {
             // (and the descriptor in `self.files`) until `pending` is back to
             // zero, i.e. every completion of this chunk came back; the copy
             // never returns with writes in flight.
-            unsafe {
-                ring.push_write(
-                    self.files.direct.as_raw_fd(),
-                    data.as_ptr(),
-                    length,
-                    extent.file_offset,
-                    tag << 8 | index as u64,
-                )
-            };
+            let entry = opcode::Write::new(
+                types::Fd(self.files.direct.as_raw_fd()),
+                data.as_ptr(),
+                length,
+            )
+            .offset(extent.file_offset)
+            .build()
+            .user_data(tag << 8 | index as u64);
+            unsafe { ring.push_or_abort(&entry, "image writes") };
             flight.pending += 1;
         }
         Ok(())
@@ -238,11 +242,17 @@ impl Copy<'_> {
 
     fn reap(
         &self,
-        ring: &mut ImageRing,
+        ring: &mut Uring,
         flights: &mut VecDeque<(u64, InFlight)>,
         stop: &mut Option<Stop>,
     ) {
-        for (tag, result) in ring.wait() {
+        if ring.in_flight() == 0 {
+            return;
+        }
+        ring.enter_or_abort(1, "image writes");
+        let mut done = Vec::new();
+        ring.reap(|tag, result| done.push((tag, result)));
+        for (tag, result) in done {
             let (chunk_tag, index) = (tag >> 8, (tag & 0xff) as usize);
             let flight = &mut flights
                 .iter_mut()

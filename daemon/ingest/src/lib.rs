@@ -568,7 +568,7 @@ impl Ingest {
                 // A reprotected disk stages each write before it is
                 // acknowledged: nothing of it can be missing here.
                 d.group_id == group_id
-                    && d.tap != crate::reprotect::FAILOVER_TAP
+                    && d.tap != drgw_catalog::FAILOVER_TAP
                     && !self.disk_figures(&d.name).attached
             })
             .map(|d| d.name)

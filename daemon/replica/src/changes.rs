@@ -12,7 +12,7 @@
 //! file system) is taken as all changed: the error is towards sending
 //! more, never less.
 
-use crate::tap::dirty_map::{DirtyMap, DirtyMapError};
+use drgw_dirtymap::{DirtyMap, DirtyMapError};
 use std::path::{Path, PathBuf};
 
 pub const CHANGE_GRAIN_BYTES: u64 = 4096;

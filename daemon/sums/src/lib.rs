@@ -4,8 +4,9 @@
 //! its primary disk, the target its replica, with this same code.
 
 use drgw_io::aligned::{AlignedBuffer, DIRECT_ALIGNMENT};
+use drgw_io::uring::Uring;
 use drgw_wire::SumSpan;
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, types};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -136,7 +137,7 @@ pub fn sums<G>(
     let mut hashers: Vec<Option<Xxh3>> = (0..blocks.len()).map(|_| None).collect();
     // A block wholly past the end of the disk gets no piece: the sum of nothing.
     let mut sums = vec![block_sum(&[], seed); blocks.len()];
-    let mut ring = IoUring::new(DEPTH as u32).ok();
+    let mut ring = Uring::new(DEPTH as u32).ok();
     let mut buffers: Vec<AlignedBuffer> = (0..DEPTH.min(pieces.len()))
         .map(|_| AlignedBuffer::zeroed(READ_BYTES as usize))
         .collect();
@@ -203,7 +204,7 @@ fn read_piece(
 /// Reads every piece of `batch` at once through the ring; returns the
 /// bytes each read got (a short one is finished with `pread`).
 fn read_round(
-    ring: &mut IoUring,
+    ring: &mut Uring,
     source: &SumSource<'_>,
     batch: &[Piece],
     buffers: &mut [AlignedBuffer],
@@ -218,30 +219,12 @@ fn read_round(
         // SAFETY: each buffer is at least `length` bytes and stays alive
         // and untouched until this function has reaped every completion
         // (it returns only after all of them, or aborts the process).
-        unsafe { ring.submission().push(&entry) }.expect("a round fits the ring");
+        unsafe { ring.push_or_abort(&entry, "block checksum reads") };
     }
     let mut results: Vec<Option<i32>> = vec![None; batch.len()];
-    let mut waiting = batch.len();
-    while waiting > 0 {
-        loop {
-            match ring.submit_and_wait(1) {
-                Ok(_) => break,
-                Err(error)
-                    if matches!(
-                        error.raw_os_error(),
-                        Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
-                    ) => {}
-                Err(error) => {
-                    // The kernel may still write into buffers freed on return.
-                    tracing::error!(%error, "io_uring_enter failed with reads in flight; aborting");
-                    std::process::abort();
-                }
-            }
-        }
-        for entry in ring.completion() {
-            results[entry.user_data() as usize] = Some(entry.result());
-            waiting -= 1;
-        }
+    while ring.in_flight() > 0 {
+        ring.enter_or_abort(1, "block checksum reads");
+        ring.reap(|index, result| results[index as usize] = Some(result));
     }
     let mut lengths = Vec::with_capacity(batch.len());
     for ((piece, buffer), result) in batch.iter().zip(buffers.iter_mut()).zip(results) {

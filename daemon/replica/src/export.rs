@@ -7,7 +7,7 @@
 
 use super::overlay::{Overlay, Piece};
 use super::{PointPin, PointView, TargetError, TargetGroup};
-use crate::tap::dirty_map::DirtyMap;
+use drgw_dirtymap::DirtyMap;
 use drgw_nbd::{BlockBackend, BoxFuture, FileBackend};
 use std::io;
 use std::path::Path;
@@ -32,7 +32,7 @@ struct Inner {
 /// Where a reprotected disk's writes are staged: the local group that
 /// replicates it back to the original site.
 pub struct Capture {
-    pub ingest: Arc<crate::ingest::Ingest>,
+    pub ingest: Arc<drgw_ingest::Ingest>,
     pub group_id: u32,
     pub group: String,
     pub disk_id: u32,
@@ -47,7 +47,7 @@ const CAPTURE_RECORD_BYTES: usize = 1 << 20;
 
 impl Capture {
     /// Stages `data` at `offset` of the disk; resolves once durable.
-    pub async fn stage(&self, offset: u64, data: &[u8]) -> Result<(), crate::ingest::IngestError> {
+    pub async fn stage(&self, offset: u64, data: &[u8]) -> Result<(), drgw_ingest::IngestError> {
         let mut bodies = Vec::new();
         for (index, piece) in data.chunks(CAPTURE_RECORD_BYTES).enumerate() {
             bodies.push(drgw_staging::RecordBody::Write {
@@ -58,7 +58,7 @@ impl Capture {
         }
         let records = bodies.len() as u64;
         self.ingest
-            .stage(vec![crate::ingest::StageBatch {
+            .stage(vec![drgw_ingest::StageBatch {
                 group_id: self.group_id,
                 group: self.group.clone(),
                 bodies,
@@ -234,9 +234,8 @@ impl PointDisk {
     ) -> Result<Option<Overlay>, TargetError> {
         let mut mode = self.inner.mode.write().unwrap_or_else(|p| p.into_inner());
         let io_error = |e: io::Error| TargetError::io(path, e);
-        let map_error = |e: crate::tap::dirty_map::DirtyMapError| {
-            TargetError::Protocol(format!("change map: {e}"))
-        };
+        let map_error =
+            |e: drgw_dirtymap::DirtyMapError| TargetError::Protocol(format!("change map: {e}"));
         match &*mode {
             Mode::Point { overlay, view, .. } => {
                 let mut view = view.lock().unwrap_or_else(|p| p.into_inner());

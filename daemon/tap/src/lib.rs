@@ -7,19 +7,18 @@
 //! gateway acknowledges; whatever was not acknowledged is resynchronised
 //! from the primary after a reconnect or a restart.
 
-pub mod dirty_map;
 pub mod disk;
 pub mod forwarder;
 pub mod mirror;
 pub mod range_lock;
 pub mod tracker;
 
-use crate::logging;
-use dirty_map::{DirtyMap, DirtyMapError};
 use disk::{Mode, TapBackend, TapDisk};
 use drgw_config::{ConfigError, ForwardMode, TapConfig};
+use drgw_dirtymap::{DirtyMap, DirtyMapError};
 use drgw_io::fsutil;
 use drgw_nbd::{BlockBackend, Export, FileBackend, Limits, NbdServer};
+use drgw_process::logging;
 use drgw_process::notify;
 use drgw_process::signals::{self, SignalEvent};
 use drgw_process::state_lock::{LockError, StateLock};

@@ -3,6 +3,7 @@
 //! (docs/formats/journal.md, "Undo blob").
 
 use super::{RecoveryPoint, ResyncMarker, ZERO_DATA};
+use drgw_io::le::{self, LeReader, Truncated};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"dUND");
 const VERSION: u16 = 1;
@@ -47,6 +48,12 @@ pub enum UndoError {
 
 fn invalid(why: impl Into<String>) -> UndoError {
     UndoError::Invalid(why.into())
+}
+
+impl From<Truncated> for UndoError {
+    fn from(short: Truncated) -> UndoError {
+        invalid(short.to_string())
+    }
 }
 
 /// Builds blobs entry by entry.
@@ -148,9 +155,9 @@ impl UndoBlob {
         if bytes.len() < HEADER_BYTES {
             return Err(invalid("shorter than its header"));
         }
-        let u16_at = |at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap());
-        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        let u16_at = |at: usize| le::u16_at(bytes, at);
+        let u32_at = |at: usize| le::u32_at(bytes, at);
+        let u64_at = |at: usize| le::u64_at(bytes, at);
         if u32_at(0) != MAGIC {
             return Err(invalid("bad magic"));
         }
@@ -174,27 +181,20 @@ impl UndoBlob {
 }
 
 fn decode_raw(raw: &[u8], sequence_first: u64, sequence_last: u64) -> Result<UndoBlob, UndoError> {
-    let mut at = 0usize;
-    let mut take = |count: usize| -> Result<&[u8], UndoError> {
-        let slice = raw
-            .get(at..at + count)
-            .ok_or_else(|| invalid("truncated"))?;
-        at += count;
-        Ok(slice)
-    };
-    let entries_count = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-    let points_count = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+    let mut reader = LeReader::new(raw);
+    let entries_count = reader.u32("entries")? as usize;
+    let points_count = reader.u32("points")? as usize;
     if entries_count > raw.len() / 28 || points_count > raw.len() / 19 {
         return Err(invalid("counts exceed the blob"));
     }
     let mut entries = Vec::with_capacity(entries_count);
     let mut data_bytes = 0u64;
     for _ in 0..entries_count {
-        let sequence = u64::from_le_bytes(take(8)?.try_into().unwrap());
-        let disk = u32::from_le_bytes(take(4)?.try_into().unwrap());
-        let offset = u64::from_le_bytes(take(8)?.try_into().unwrap());
-        let length = u32::from_le_bytes(take(4)?.try_into().unwrap());
-        let data_at = u32::from_le_bytes(take(4)?.try_into().unwrap());
+        let sequence = reader.u64("entry.sequence")?;
+        let disk = reader.u32("entry.disk")?;
+        let offset = reader.u64("entry.offset")?;
+        let length = reader.u32("entry.length")?;
+        let data_at = reader.u32("entry.data_at")?;
         if sequence < sequence_first || sequence > sequence_last {
             return Err(invalid(format!(
                 "entry sequence {sequence} outside the blob"
@@ -214,11 +214,11 @@ fn decode_raw(raw: &[u8], sequence_first: u64, sequence_last: u64) -> Result<Und
     let mut points = Vec::with_capacity(points_count);
     let mut markers = Vec::new();
     for _ in 0..points_count {
-        let sequence = u64::from_le_bytes(take(8)?.try_into().unwrap());
-        let kind = take(1)?[0];
-        let unix_ms = u64::from_le_bytes(take(8)?.try_into().unwrap());
-        let name_bytes = u16::from_le_bytes(take(2)?.try_into().unwrap()) as usize;
-        let name = take(name_bytes)?;
+        let sequence = reader.u64("point.sequence")?;
+        let kind = reader.u8("point.kind")?;
+        let unix_ms = reader.u64("point.unix_ms")?;
+        let name_bytes = usize::from(reader.u16("point.name_length")?);
+        let name = reader.bytes("point.name", name_bytes)?;
         if matches!(kind, KIND_RESYNC_START | KIND_RESYNC_DONE) {
             let owner = <[u8; 4]>::try_from(name)
                 .map_err(|_| invalid("resync marker without its 4-byte owner"))?;
@@ -243,7 +243,7 @@ fn decode_raw(raw: &[u8], sequence_first: u64, sequence_last: u64) -> Result<Und
             bookmark,
         });
     }
-    let data = raw[at..].to_vec();
+    let data = reader.rest().to_vec();
     if (data.len() as u64) < data_bytes {
         return Err(invalid("entries point past the data"));
     }

@@ -8,6 +8,7 @@
 //! fails its checksum (a torn write) is taken as all dirty: the error is
 //! always towards resynchronising more, never less.
 
+use drgw_io::le;
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -157,8 +158,8 @@ impl DirtyMap {
         };
         let mut header = vec![0u8; BLOCK_BYTES];
         let read = self.file.read_at(&mut header, 0).map_err(io_error)?;
-        let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-        let stored = u32::from_le_bytes(header[28..32].try_into().expect("4 bytes"));
+        let version = le::u32_at(&header, 8);
+        let stored = le::u32_at(&header, 28);
         if read < 32 || &header[0..8] != MAGIC || version != FORMAT_VERSION {
             if read == 0 {
                 // Created but never written (crash during creation): all dirty.
@@ -171,8 +172,8 @@ impl DirtyMap {
                 version,
             });
         }
-        let grain = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
-        let size = u64::from_le_bytes(header[20..28].try_into().expect("8 bytes"));
+        let grain = le::u64_at(&header, 12);
+        let size = le::u64_at(&header, 20);
         if stored != crc32c::crc32c(&header[..28])
             || grain != self.grain_bytes
             || size > self.disk_bytes
@@ -192,7 +193,7 @@ impl DirtyMap {
             let offset = (BLOCK_BYTES * (index + 1)) as u64;
             page.fill(0);
             let got = self.file.read_at(&mut page, offset).map_err(io_error)?;
-            let stored = u32::from_le_bytes(page[PAGE_BITMAP_BYTES..].try_into().expect("4 bytes"));
+            let stored = le::u32_at(&page, PAGE_BITMAP_BYTES);
             let range = index * PAGE_BITMAP_BYTES..(index + 1) * PAGE_BITMAP_BYTES;
             if got == BLOCK_BYTES && stored == crc32c::crc32c(&page[..PAGE_BITMAP_BYTES]) {
                 state.bits[range].copy_from_slice(&page[..PAGE_BITMAP_BYTES]);

@@ -308,8 +308,8 @@ mod tests {
         }
     }
 
-    fn marker(sequence: u64, owner: u32, done: bool) -> crate::replica::ResyncMarker {
-        crate::replica::ResyncMarker {
+    fn marker(sequence: u64, owner: u32, done: bool) -> crate::ResyncMarker {
+        crate::ResyncMarker {
             sequence,
             unix_ms: sequence,
             done,

@@ -15,7 +15,7 @@
 //! what a crash costs: every hot extent is read again, at most
 //! `HOT_EXTENTS_BYTES_MAX` per disk plus what was pending.
 
-use super::dirty_map::{DirtyMap, DirtyMapError};
+use drgw_dirtymap::{DirtyMap, DirtyMapError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -23,7 +23,6 @@ mod point;
 mod recovery;
 mod state;
 mod undo;
-mod uring;
 
 pub use changes::{changes_path, open_changes, CHANGE_GRAIN_BYTES};
 pub use disk_io::discard;

@@ -8,9 +8,9 @@ use super::index::{GroupIndex, IndexEntry};
 use super::intervals::{IntervalMap, Source};
 use super::state::{GroupState, ReplicaDisk, STATE_FORMAT};
 use super::undo::{UndoBlob, UndoBuilder};
-use super::uring;
 use super::{RecoveryPoint, TargetError, TargetPolicy, ZERO_DATA};
-use crate::ship::payload;
+use drgw_batch as payload;
+use drgw_io::uring::{Uring, WriteAt};
 use drgw_staging::{CorruptionPolicy, RecordBody, StagedRecord, StagingConfig, StagingLog};
 use drgw_wire::{self as wire, Batch, Frame, GroupInfo};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -77,7 +77,7 @@ pub struct TargetGroup {
     counters: Mutex<Counters>,
     blob_cache: Mutex<VecDeque<(u64, Arc<UndoBlob>)>>,
     /// The applier's io_uring for replica writes (made at the first batch).
-    ring: Mutex<Option<uring::ReplicaRing>>,
+    ring: Mutex<Option<Uring>>,
     rpo_exceeded: std::sync::atomic::AtomicBool,
     /// Points held by exports: retention keeps what they need.
     pins: Mutex<BTreeMap<u64, u64>>,
@@ -363,14 +363,14 @@ impl TargetGroup {
                 disk.name, disk.size_bytes, request.disk_bytes
             ));
         }
-        let (file, direct) = crate::sums::open_for_sums(&disk.path)
+        let (file, direct) = drgw_sums::open_for_sums(&disk.path)
             .map_err(|e| format!("{}: {e}", disk.path.display()))?;
-        let source = crate::sums::SumSource {
+        let source = drgw_sums::SumSource {
             file: &file,
             direct,
             size_bytes: disk.size_bytes,
         };
-        crate::sums::sums(
+        drgw_sums::sums(
             &source,
             request.block_bytes,
             request.seed,
@@ -851,7 +851,7 @@ impl TargetGroup {
                 match &records[source.id as usize].body {
                     RecordBody::Write { data, .. } => {
                         let at = source.position_of(start) as usize;
-                        writes.push(uring::WriteOp {
+                        writes.push(WriteAt {
                             file,
                             offset: start,
                             data: &data[at..at + (end - start) as usize],
@@ -870,10 +870,10 @@ impl TargetGroup {
     }
 
     /// Writes through io_uring (pwrite if a ring cannot be set up).
-    fn write_replicas(&self, writes: &[uring::WriteOp<'_>]) -> Result<(), TargetError> {
+    fn write_replicas(&self, writes: &[WriteAt<'_>]) -> Result<(), TargetError> {
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         if ring.is_none() {
-            match uring::ReplicaRing::new(RING_DEPTH) {
+            match Uring::new(RING_DEPTH) {
                 Ok(created) => *ring = Some(created),
                 Err(error) => {
                     tracing::warn!(%error, "target: io_uring unavailable for replicas; using pwrite");
@@ -881,7 +881,7 @@ impl TargetGroup {
             }
         }
         let result = match ring.as_mut() {
-            Some(ring) => ring.write_all(writes),
+            Some(ring) => ring.write_all_at(writes),
             None => writes
                 .iter()
                 .try_for_each(|w| w.file.write_all_at(w.data, w.offset)),

@@ -4,6 +4,7 @@
 //! of the journal format (docs/formats/journal.md).
 
 use bytes::Bytes;
+use drgw_io::le::{LeReader, Truncated};
 use drgw_staging::{RecordBody, StagedRecord};
 use drgw_wire::Batch;
 
@@ -131,30 +132,9 @@ pub fn encode_records(records: &[StagedRecord], out: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, count: usize, what: &'static str) -> Result<&'a [u8], PayloadError> {
-        if self.bytes.len() < count {
-            return Err(PayloadError::Truncated(what));
-        }
-        let (head, rest) = self.bytes.split_at(count);
-        self.bytes = rest;
-        Ok(head)
-    }
-    fn u8(&mut self, what: &'static str) -> Result<u8, PayloadError> {
-        Ok(self.take(1, what)?[0])
-    }
-    fn u16(&mut self, what: &'static str) -> Result<u16, PayloadError> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().unwrap()))
-    }
-    fn u32(&mut self, what: &'static str) -> Result<u32, PayloadError> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
-    }
-    fn u64(&mut self, what: &'static str) -> Result<u64, PayloadError> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+impl From<Truncated> for PayloadError {
+    fn from(short: Truncated) -> PayloadError {
+        PayloadError::Truncated(short.field)
     }
 }
 
@@ -166,12 +146,12 @@ pub fn decode_records(
     last: u64,
     count: u32,
 ) -> Result<Vec<StagedRecord>, PayloadError> {
-    let mut cursor = Cursor { bytes: raw };
-    let at = |cursor: &Cursor| raw.len() - cursor.bytes.len();
+    let mut cursor = LeReader::new(raw);
+    let at = |cursor: &LeReader| raw.len() - cursor.remaining();
     // Each record takes at least 13 bytes: a forged count allocates nothing.
     let mut records = Vec::with_capacity((count as usize).min(raw.len() / 13));
     let mut previous: Option<u64> = None;
-    while !cursor.bytes.is_empty() {
+    while cursor.remaining() > 0 {
         let kind = cursor.u8("kind")?;
         let sequence = cursor.u64("sequence")?;
         let in_order = previous.is_none_or(|p| sequence > p);
@@ -195,7 +175,7 @@ pub fn decode_records(
                     });
                 }
                 let start = at(&cursor);
-                cursor.take(length as usize, "write.data")?;
+                cursor.bytes("write.data", length as usize)?;
                 let data = raw.slice(start..at(&cursor));
                 RecordBody::Write { disk, offset, data }
             }
@@ -218,7 +198,7 @@ pub fn decode_records(
             KIND_BOOKMARK => {
                 let unix_ms = cursor.u64("bookmark.unix_ms")?;
                 let length = cursor.u16("bookmark.length")?;
-                let name = cursor.take(usize::from(length), "bookmark.name")?;
+                let name = cursor.bytes("bookmark.name", usize::from(length))?;
                 let name = String::from_utf8(name.to_vec()).map_err(|_| PayloadError::Utf8)?;
                 RecordBody::Bookmark { name, unix_ms }
             }

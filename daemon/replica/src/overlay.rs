@@ -9,6 +9,7 @@
 //! and fsynced. A restart replays the log; a torn last record is cut off
 //! (those blocks were never flushed). Format: docs/formats/overlay.md.
 
+use drgw_io::le;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -123,9 +124,9 @@ impl Overlay {
         let mut at = MAP_HEADER_BYTES;
         while at + MAP_RECORD_BYTES <= bytes.len() {
             let record = &bytes[at..at + MAP_RECORD_BYTES];
-            let first = u64::from_le_bytes(record[..8].try_into().expect("8"));
-            let count = u32::from_le_bytes(record[8..12].try_into().expect("4"));
-            let crc = u32::from_le_bytes(record[12..16].try_into().expect("4"));
+            let first = le::u64_at(record, 0);
+            let count = le::u32_at(record, 8);
+            let crc = le::u32_at(record, 12);
             if crc32c::crc32c(&record[..12]) != crc {
                 break;
             }

@@ -10,7 +10,7 @@
 use super::disk::TapDisk;
 use super::mirror::MirrorDisk;
 use drgw_nbd::BlockBackend;
-use drgw_tls::{self as tls, Fingerprint, Identity};
+use drgw_tls::{self as tls, Backoff, Fingerprint, Identity};
 use drgw_wire::{self as wire, Attach, Flush, Frame, Hello, Role, Trim, WriteBatch, WriteRecord};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 /// idle tap for a silent one; 32 bytes a frame.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Bookkeeping bytes counted per queued item besides its data.
@@ -335,14 +334,14 @@ impl Forwarder {
         identity: Arc<Identity>,
         cancel: CancellationToken,
     ) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN);
         let mut last_error = String::new();
         while !cancel.is_cancelled() {
             let connections_before = self.counters.attached_sessions.load(Ordering::Relaxed);
             let result = self.connect_and_serve(&target, &identity, &cancel).await;
             self.set_connected(false);
             if self.counters.attached_sessions.load(Ordering::Relaxed) != connections_before {
-                backoff = BACKOFF_MIN; // it worked: the next cut starts from the shortest wait
+                backoff.reset(); // it worked: the next cut starts from the shortest wait
             }
             match result {
                 Ok(()) => return,
@@ -354,11 +353,11 @@ impl Forwarder {
                     }
                 }
             }
+            let wait = backoff.next_wait(BACKOFF_MAX);
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -368,24 +367,7 @@ impl Forwarder {
         identity: &Identity,
         cancel: &CancellationToken,
     ) -> Result<(), TapLinkError> {
-        let tcp = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect(&target.address),
-        )
-        .await
-        .map_err(|_| TapLinkError::Timeout)??;
-        let _ = tcp.set_nodelay(true);
-        let config = tls::client_config(identity, target.fingerprint)
-            .map_err(|e| TapLinkError::Tls(e.to_string()))?;
-        let name =
-            rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid DNS name");
-        let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-        )
-        .await
-        .map_err(|_| TapLinkError::Timeout)?
-        .map_err(|error| TapLinkError::Tls(tls::describe_handshake_error(&error)))?;
+        let (stream, _) = tls::dial(&target.address, identity, target.fingerprint).await?;
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         self.serve(stream, target, cancel).await
     }
@@ -444,37 +426,21 @@ impl Forwarder {
                 )))
             }
         }
-        for (number, disk) in self.disks.iter().enumerate() {
+        // Protected disks first, then mirror targets, numbered in that order.
+        let disks = self.disks.iter().map(|d| (&d.name, d.size_bytes));
+        let mirrors = self.mirrors.iter().map(|m| (&m.name, m.size_bytes));
+        for (number, (name, size_bytes)) in disks.chain(mirrors).enumerate() {
             let attach = Attach {
                 disk: number as u32,
-                size_bytes: disk.size_bytes,
-                name: disk.name.clone(),
+                size_bytes,
+                name: name.clone(),
             };
             wire::write_frame(writer, &Frame::Attach(attach.clone())).await?;
             match expect_control(inbox).await? {
                 Frame::Attach(answer) if answer == attach => {}
                 other => {
                     return Err(TapLinkError::Protocol(format!(
-                        "expected ATTACH of {}, got {}",
-                        disk.name,
-                        other.kind()
-                    )))
-                }
-            }
-        }
-        for (index, mirror) in self.mirrors.iter().enumerate() {
-            let attach = Attach {
-                disk: (self.disks.len() + index) as u32,
-                size_bytes: mirror.size_bytes,
-                name: mirror.name.clone(),
-            };
-            wire::write_frame(writer, &Frame::Attach(attach.clone())).await?;
-            match expect_control(inbox).await? {
-                Frame::Attach(answer) if answer == attach => {}
-                other => {
-                    return Err(TapLinkError::Protocol(format!(
-                        "expected ATTACH of {}, got {}",
-                        mirror.name,
+                        "expected ATTACH of {name}, got {}",
                         other.kind()
                     )))
                 }
@@ -571,12 +537,12 @@ impl Forwarder {
             )),
             Some(disk) => tokio::task::spawn_blocking(move || {
                 let (file, direct) = disk.primary.sum_file();
-                let source = crate::sums::SumSource {
+                let source = drgw_sums::SumSource {
                     file,
                     direct,
                     size_bytes: disk.size_bytes,
                 };
-                crate::sums::sums(&source, request.block_bytes, request.seed, &request.spans, || ())
+                drgw_sums::sums(&source, request.block_bytes, request.seed, &request.spans, || ())
                     .map_err(|e| format!("reading the primary of {}: {e}", disk.name))
             })
             .await
@@ -1004,10 +970,8 @@ async fn expect(inbox: &mut Inbox) -> Result<Frame, TapLinkError> {
 pub enum TapLinkError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("connecting timed out")]
-    Timeout,
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("{0}")]
+    Dial(#[from] tls::DialError),
     #[error("gateway refused: {0}")]
     Refused(String),
     #[error("reading from the gateway: {0}")]

@@ -18,8 +18,8 @@
 use super::export::PointDisk;
 use super::overlay::Overlay;
 use super::{open_changes, PointSpec, RecoveryPoint, TargetError, TargetGroup, TargetRegistry};
-use crate::tap::dirty_map::DirtyMap;
 use drgw_catalog::{Catalog, Drill, RecoveryState};
+use drgw_dirtymap::DirtyMap;
 use drgw_nbd::{Export, NbdServer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
